@@ -1,0 +1,23 @@
+# Two entry points, each doing its own set-up on a fresh clone: `make quickstart` and `make test`.
+# VENV may live outside the clone (CI reuses one): make test VENV=~/.cache/nas-kd/venv
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.nas-kd-installed
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+.PHONY: install quickstart test lint
+install: $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/nas-kd search studies/quickstart.yaml --fresh
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .

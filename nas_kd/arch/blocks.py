@@ -1,0 +1,67 @@
+"""Stage builders for the three student families, made of torchvision's own blocks.
+
+Each builder returns ``nn.Sequential`` that maps ``in_channels`` to ``stage["channels"]`` and
+downsamples by ``stride``. A stage dict holds only plain values (it is part of the genome).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from torch import nn
+from torchvision.models.mobilenetv3 import InvertedResidual, InvertedResidualConfig
+from torchvision.models.resnet import BasicBlock
+from torchvision.ops import Conv2dNormActivation
+
+StageBuilder = Callable[[int, dict[str, Any], int], nn.Sequential]
+
+
+def cnn_stage(in_channels: int, stage: dict[str, Any], stride: int) -> nn.Sequential:
+    """Plain conv-bn-relu layers ("simplified teacher"); downsampling by max-pool after the stage."""
+    channels, kernel = stage["channels"], stage.get("kernel", 3)
+    layers: list[nn.Module] = []
+    for i in range(stage["depth"]):
+        layers.append(Conv2dNormActivation(in_channels if i == 0 else channels, channels, kernel_size=kernel))
+    if stride > 1:
+        layers.append(nn.MaxPool2d(stride, ceil_mode=True))
+    return nn.Sequential(*layers)
+
+
+def resnet_stage(in_channels: int, stage: dict[str, Any], stride: int) -> nn.Sequential:
+    """CIFAR-style ResNet stage: torchvision BasicBlocks, the first one strided with a 1x1 shortcut."""
+    channels = stage["channels"]
+    blocks: list[nn.Module] = []
+    for i in range(stage["depth"]):
+        block_stride = stride if i == 0 else 1
+        block_in = in_channels if i == 0 else channels
+        downsample = None
+        if block_stride != 1 or block_in != channels:
+            downsample = nn.Sequential(
+                nn.Conv2d(block_in, channels, 1, stride=block_stride, bias=False), nn.BatchNorm2d(channels)
+            )
+        blocks.append(BasicBlock(block_in, channels, stride=block_stride, downsample=downsample))
+    return nn.Sequential(*blocks)
+
+
+def mobilenet_stage(in_channels: int, stage: dict[str, Any], stride: int) -> nn.Sequential:
+    """Inverted residuals (depthwise-separable, optional squeeze-excitation): torchvision's MobileNetV3 block,
+    which generalises MobileNetV2's with a kernel size and SE."""
+    channels, expand = stage["channels"], stage.get("expand", 4)
+    kernel, use_se = stage.get("kernel", 3), bool(stage.get("se", False))
+    blocks: list[nn.Module] = []
+    for i in range(stage["depth"]):
+        block_in = in_channels if i == 0 else channels
+        config = InvertedResidualConfig(
+            block_in, kernel, block_in * expand, channels, use_se, "RE", stride if i == 0 else 1, 1, 1.0
+        )
+        blocks.append(InvertedResidual(config, norm_layer=partial(nn.BatchNorm2d, eps=1e-3, momentum=0.01)))
+    return nn.Sequential(*blocks)
+
+
+STAGE_BUILDERS: dict[str, StageBuilder] = {
+    "cnn": cnn_stage,
+    "resnet": resnet_stage,
+    "mobilenet": mobilenet_stage,
+}

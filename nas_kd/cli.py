@@ -1,0 +1,217 @@
+"""``nas-kd`` command line. Bad input: one line naming file and field, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def _overrides(values: list[str] | None) -> dict[str, Any]:
+    from nas_kd.config import parse_override
+
+    out = {}
+    for text in values or []:
+        try:
+            key, value = parse_override(text)
+        except ValueError as error:
+            raise UsageError(f"--set: {error}") from None
+        out[key] = value
+    return out
+
+
+def _study(args: argparse.Namespace):
+    from nas_kd.config import load_study
+
+    return load_study(args.study, _overrides(getattr(args, "set", None)))
+
+
+def _read_arch(path: str) -> dict[str, Any]:
+    try:
+        arch = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: file not found") from None
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
+    if not isinstance(arch, dict):
+        raise UsageError(f"{path}: an architecture is a JSON object")
+    return arch
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    study = _study(args)
+    from nas_kd.distill import parse_distiller_space
+
+    distillers = ", ".join(parse_distiller_space(study.distiller).names)
+    print(f"{args.study}: ok (study {study.name}, dataset {study.data.dataset}, distiller {distillers})")
+    return 0
+
+
+def cmd_teacher(args: argparse.Namespace) -> int:
+    from nas_kd.pipeline import ready_teachers, resolve_device, study_data
+
+    study = _study(args)
+    if not study.all_teachers():
+        raise UsageError(f"{args.study}: teacher: the study has no teacher")
+    data = study_data(study, resolve_device(args.device))
+    for cached in ready_teachers(study, data):
+        info = cached.info
+        print(
+            f"{info['name']}: {info['params']:,} params, val_accuracy {info['val_accuracy']:.4f}, "
+            f"test_accuracy {info['test_accuracy']:.4f} -> {cached.path}"
+        )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from nas_kd.checkpoint import save_model_dir
+    from nas_kd.distill import parse_distiller_space
+    from nas_kd.pipeline import ready_teachers, resolve_device, study_data, train_student
+
+    study = _study(args)
+    if args.arch:
+        arch = _read_arch(args.arch)
+    elif study.student is not None:
+        arch = study.student.genome()
+    else:
+        raise UsageError(f"{args.study}: student: give a student block in the study or --arch ARCH.json")
+    space = parse_distiller_space(study.distiller)
+    name, settings = space.choices[0].name, {}
+    if args.distiller:
+        name = args.distiller
+    if name in space.names:
+        choice = space.choices[space.names.index(name)]
+        if any(p.searchable for p in choice.settings.values()):
+            raise UsageError(f"{args.study}: distiller: settings are searchable; `train` needs fixed values")
+        settings = {k: p.sample(np.random.default_rng(0)) for k, p in choice.settings.items()}
+    device = resolve_device(args.device)
+    data = study_data(study, device)
+    teachers = [c.as_teacher(device) for c in ready_teachers(study, data)]
+    for t in teachers:
+        print(f"{t.name}: {t.params:,} params, val_accuracy {t.val_accuracy:.4f}")
+
+    def on_epoch(result: Any, trainer: Any) -> None:
+        losses = " ".join(f"{k} {v:.3f}" for k, v in result.losses.items())
+        print(
+            f"  epoch {result.epoch}/{study.train.epochs} {losses} val_accuracy {result.val_accuracy:.4f} "
+            f"({result.seconds:.2f}s, {result.images_per_second:,.0f} img/s)"
+        )
+
+    seed = study.seed if args.seed is None else args.seed
+    result = train_student(study, data, teachers, arch, name, settings, seed, on_epoch)
+    ratio = f" ({teachers[0].params / result.cost.params:.1f}x fewer than the teacher)" if teachers else ""
+    print(
+        f"student ({name}): val_accuracy {result.val_accuracy:.4f} test_accuracy {result.test_accuracy:.4f} "
+        f"params {result.cost.params:,}{ratio} flops {result.cost.flops:,} "
+        f"seconds/epoch {result.seconds_per_epoch:.2f}"
+    )
+    if args.save:
+        save_model_dir(
+            args.save,
+            result.student,
+            arch,
+            data.input_shape,
+            data.num_classes,
+            {
+                "val_accuracy": result.val_accuracy,
+                "test_accuracy": result.test_accuracy,
+                "distiller": name,
+                "settings": settings,
+            },
+        )
+        print(f"saved to {args.save} (load with nas_kd.load_student)")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "distillers":
+        from nas_kd.distill import DISTILLERS
+
+        for name, cls in DISTILLERS.items():
+            print(f"{name}: {cls.summary}" + ("  [needs a teacher]" if cls.requires_teacher else ""))
+            for field, info in cls.Settings.model_fields.items():
+                print(f"    {field} = {info.default!r}  {info.description or ''}".rstrip())
+    elif args.what == "datasets":
+        from nas_kd.data import DATASETS
+
+        for spec in DATASETS.values():
+            c, h, w = spec.input_shape
+            print(f"{spec.name}: {spec.num_classes} classes, {c}x{h}x{w}; {spec.how_to_get}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from nas_kd import bench
+
+    return bench.main(args)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "validate": cmd_validate,
+    "teacher": cmd_teacher,
+    "train": cmd_train,
+    "list": cmd_list,
+    "bench": cmd_bench,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nas-kd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_study(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("study", help="study file (YAML)")
+        p.add_argument(
+            "--set", action="append", metavar="KEY=VALUE", help="override a study field, e.g. train.epochs=3"
+        )
+        return p
+
+    with_study("validate", "check a study file without running it")
+    p = with_study("teacher", "train (or load from the cache) the study's teacher(s)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p = with_study("train", "train one student with the study's distiller")
+    p.add_argument("--arch", help="architecture JSON file (default: the study's student)")
+    p.add_argument("--distiller", help="one of the study's distillers (default: the first)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device")
+    p.add_argument("--save", help="folder to save the trained student to")
+    p = sub.add_parser("list", help="list distillers or datasets")
+    p.add_argument("what", choices=["distillers", "datasets"])
+    p = sub.add_parser("bench", help="benchmarks that print ratios against a baseline measured in the same run")
+    p.add_argument("what", choices=["trainer"])
+    p.add_argument("study", nargs="?", default=None)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nas_kd.config import StudyError
+    from nas_kd.data import DatasetNotFound
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (StudyError, UsageError, DatasetNotFound) as error:
+        print(f"nas-kd: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("nas-kd: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

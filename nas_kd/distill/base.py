@@ -1,0 +1,101 @@
+"""The distiller contract.
+
+A distiller wraps the student and whatever it trains alongside it (adapters, peers, auxiliary heads);
+``forward_train`` returns the student's logits and named, already-weighted loss terms (the trainer sums
+them and logs each); ``export_student`` returns the deployable student with auxiliary parts stripped.
+Teachers are never registered as submodules: they are frozen, always in eval mode, and absent from the
+distiller's parameters and state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from nas_kd.config import TrainConfig
+from nas_kd.data import Dataset
+
+
+class NoSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class Teacher:
+    """A frozen teacher as distillers see it: a live model and, optionally, cached training-set logits."""
+
+    model: nn.Module
+    train_logits: torch.Tensor | None = None  # (N_train, classes), fp16, rows in data.train order
+    name: str = "teacher"
+    params: int = 0
+    val_accuracy: float | None = None
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, index: torch.Tensor | None, augmented: bool) -> torch.Tensor:
+        """Cached logits when the batch is un-augmented training data, else a live forward."""
+        if self.train_logits is not None and index is not None and not augmented:
+            return self.train_logits[index].float()
+        return self.model(x).float()
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """Live forward: (logits, stage features, pooled embedding)."""
+        logits, features, embedding = self.model.forward_features(x)
+        return logits.float(), [f.float() for f in features], embedding.float()
+
+
+@dataclass
+class DistillContext:
+    """What a distiller may use besides the student: data, teachers, training settings."""
+
+    data: Dataset
+    train: TrainConfig
+    teachers: list[Teacher] = field(default_factory=list)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    augmented: bool = False  # whether training batches are augmented (then cached logits do not apply)
+    cache_dir: Path | None = None  # where trained helpers (assistants, born-again teachers) are cached
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Distiller(nn.Module):
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Settings: ClassVar[type[BaseModel]] = NoSettings
+    requires_teacher: ClassVar[bool] = False
+
+    def __init__(self, student: nn.Module, settings: BaseModel, context: DistillContext):
+        super().__init__()
+        if self.requires_teacher and not context.teachers:
+            raise ValueError(f"distiller {self.name!r} needs a teacher: add a teacher to the study")
+        self.student = student
+        self.settings = settings
+        self.context = context
+        self.cross_entropy = nn.CrossEntropyLoss(label_smoothing=context.train.label_smoothing)
+
+    def forward_train(
+        self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
+
+    def export_student(self) -> nn.Module:
+        return self.student
+
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        for teacher in self.context.teachers:
+            teacher.model.eval()  # the teacher is always in eval mode
+        return self

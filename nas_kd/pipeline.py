@@ -1,0 +1,109 @@
+"""Train one student of a study: data + teachers + distiller + the training loop.
+
+``nas-kd train``, every search trial and the benchmarks go through ``train_student``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from nas_kd.arch import Cost, build_model, measure
+from nas_kd.config import Study
+from nas_kd.data import Dataset, load_dataset
+from nas_kd.distill import DistillContext, Teacher, make_distiller, parse_distiller_space
+from nas_kd.teachers import CachedModel, prepare_teachers
+from nas_kd.train import EpochResult, Trainer, evaluate
+
+
+def resolve_device(prefer: str | None = None) -> torch.device:
+    if prefer:
+        return torch.device(prefer)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def study_data(study: Study, device: torch.device) -> Dataset:
+    d = study.data
+    return load_dataset(d.dataset, d.data_dir, d.val_fraction, d.split_seed, device)
+
+
+def ready_teachers(study: Study, data: Dataset, log: Callable[[str], None] = print) -> list[CachedModel]:
+    """Teachers the study's distillers need (none for a ``ce``-only study)."""
+    if not study.all_teachers():
+        if parse_distiller_space(study.distiller).needs_teacher:
+            raise ValueError(f"{study.path}: teacher: the distiller needs a teacher; add a teacher block")
+        return []
+    return prepare_teachers(study, data, log)
+
+
+@dataclass
+class StudentResult:
+    student: nn.Module
+    cost: Cost
+    history: list[EpochResult]
+    val_accuracy: float
+    test_accuracy: float
+    seconds_per_epoch: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_trainer(
+    study: Study,
+    data: Dataset,
+    teachers: list[Teacher],
+    arch: dict[str, Any],
+    distiller: str,
+    settings: dict[str, Any],
+    seed: int,
+) -> Trainer:
+    device = data.train.x.device
+    torch.manual_seed(seed)
+    student = build_model(arch, data.input_shape, data.num_classes).to(device)
+    if device.type == "cuda":
+        student = student.to(memory_format=torch.channels_last)
+    context = DistillContext(
+        data,
+        study.train,
+        teachers,
+        device,
+        seed,
+        study.data.augment,
+        extra={"study": study},
+    )
+    wrapper = make_distiller(distiller, settings, student, context)
+    return Trainer(wrapper, data, study.train, seed, study.data.augment)
+
+
+def train_student(
+    study: Study,
+    data: Dataset,
+    teachers: list[Teacher],
+    arch: dict[str, Any],
+    distiller: str,
+    settings: dict[str, Any] | None = None,
+    seed: int | None = None,
+    on_epoch: Callable[[EpochResult, Trainer], None] | None = None,
+    state: dict | None = None,
+) -> StudentResult:
+    """Train ``arch`` with ``distiller``; resume from ``state`` (a ``Trainer.state_dict()``) if given."""
+    seed = study.seed if seed is None else seed
+    trainer = build_trainer(study, data, teachers, arch, distiller, settings or {}, seed)
+    if state is not None:
+        trainer.load_state_dict(state)
+    start = time.perf_counter()
+    history = trainer.fit(on_epoch)
+    elapsed = time.perf_counter() - start
+    student = trainer.distiller.export_student()
+    return StudentResult(
+        student=student,
+        cost=measure(student, data.input_shape),
+        history=history,
+        val_accuracy=evaluate(student, data.val),
+        test_accuracy=evaluate(student, data.test),
+        seconds_per_epoch=elapsed / max(1, len(history)),
+    )

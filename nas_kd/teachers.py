@@ -1,0 +1,168 @@
+"""Teachers (and other trained helpers such as assistants): train once, cache by content hash.
+
+A cached model lives in ``<runs_dir>/_cache/models/<key>/`` where ``key`` hashes everything that
+determines it (dataset and split, architecture, how it is trained, seed). Concurrent requests for
+the same key train it once: a file lock serialises them and the folder appears by atomic rename.
+Its fp16 logits on the un-augmented training and validation splits are stored beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from filelock import FileLock
+from torch import nn
+
+from nas_kd.arch import build_model, count_flops, count_params
+from nas_kd.checkpoint import load_student, read_model_info, save_model_dir
+from nas_kd.config import Study, TeacherConfig, TrainConfig
+from nas_kd.data import Dataset
+from nas_kd.distill import Teacher
+
+
+def content_key(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@dataclass
+class CachedModel:
+    path: Path
+    info: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return self.path.name
+
+    def load(self, device: torch.device | str) -> nn.Module:
+        return load_student(self.path, device)
+
+    def train_logits(self, device: torch.device | str) -> torch.Tensor:
+        return torch.from_numpy(np.load(self.path / "train_logits.npy")).to(device)
+
+    def as_teacher(self, device: torch.device | str, cached_logits: bool = True) -> Teacher:
+        return Teacher(
+            self.load(device),
+            self.train_logits(device) if cached_logits else None,
+            name=self.info.get("name", self.key),
+            params=int(self.info["params"]),
+            val_accuracy=self.info.get("val_accuracy"),
+        )
+
+
+def cache_root(runs_dir: str | Path) -> Path:
+    return Path(runs_dir) / "_cache" / "models"
+
+
+def data_identity(study: Study) -> dict[str, Any]:
+    """What fixes the rows of data.train: the cached logits depend on it."""
+    d = study.data
+    return {"dataset": d.dataset, "val_fraction": d.val_fraction, "split_seed": d.split_seed}
+
+
+def cached_model(
+    root: Path,
+    payload: dict[str, Any],
+    train_fn: Callable[[], tuple[nn.Module, dict[str, Any]]],
+    data: Dataset,
+    name: str,
+    log: Callable[[str], None] = print,
+) -> CachedModel:
+    """Return the model ``payload`` describes, training it with ``train_fn`` only if it is not cached."""
+    key = content_key(payload)
+    path = root / key
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f"{key}.lock")):
+        if not (path / "model.json").exists():
+            log(f"training {name} ({key}) ...")
+            model, meta = train_fn()
+            model.eval()
+            logits = _logits(model, data)
+            info = {
+                "name": name,
+                "key": key,
+                "payload": payload,
+                "params": count_params(model),
+                "flops": count_flops(model, data.input_shape),
+                **meta,
+            }
+            arrays = {"train_logits": logits}
+            save_model_dir(path, model, payload["arch"], data.input_shape, data.num_classes, info, arrays)
+        else:
+            log(f"{name} ({key}) loaded from cache")
+    return CachedModel(path, read_model_info(path))
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, data: Dataset, batch_size: int = 1024) -> np.ndarray:
+    x = data.train.x
+    out = [model(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)]
+    return torch.cat(out).to(torch.float16).cpu().numpy()
+
+
+def train_plain(
+    arch: dict[str, Any],
+    data: Dataset,
+    cfg: TrainConfig,
+    seed: int,
+    augment_data: bool,
+    distiller: str = "ce",
+    settings: dict[str, Any] | None = None,
+    teachers: list[Teacher] | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train ``arch`` from scratch with a distiller; returns the model and its accuracies."""
+    from nas_kd.distill import DistillContext, make_distiller
+    from nas_kd.train import Trainer, evaluate
+
+    torch.manual_seed(seed)
+    model = build_model(arch, data.input_shape, data.num_classes).to(data.train.x.device)
+    context = DistillContext(data, cfg, teachers or [], data.train.x.device, seed, augment_data)
+    wrapper = make_distiller(distiller, settings or {}, model, context)
+    trainer = Trainer(wrapper, data, cfg, seed, augment_data)
+    for result in trainer.fit():
+        log(f"  epoch {result.epoch}/{cfg.epochs} val_accuracy {result.val_accuracy:.4f} ({result.seconds:.1f}s)")
+    student = wrapper.export_student()
+    return student, {
+        "val_accuracy": evaluate(student, data.val),
+        "test_accuracy": evaluate(student, data.test),
+        "epochs": cfg.epochs,
+    }
+
+
+def teacher_payload(study: Study, teacher: TeacherConfig) -> dict[str, Any]:
+    return {
+        "role": "teacher",
+        "data": data_identity(study),
+        "augment": study.data.augment,
+        "arch": teacher.genome(),
+        "train": study.teacher_train(teacher).model_dump(),
+        "seed": study.teacher_seed(teacher),
+    }
+
+
+def prepare_teachers(study: Study, data: Dataset, log: Callable[[str], None] = print) -> list[CachedModel]:
+    """Make every teacher of the study ready (trained once, then loaded from the cache)."""
+    ready = []
+    for i, teacher in enumerate(study.all_teachers()):
+        payload = teacher_payload(study, teacher)
+        name = f"teacher{i}" if len(study.all_teachers()) > 1 else "teacher"
+
+        def train_fn(teacher: TeacherConfig = teacher) -> tuple[nn.Module, dict[str, Any]]:
+            return train_plain(
+                teacher.genome(),
+                data,
+                study.teacher_train(teacher),
+                study.teacher_seed(teacher),
+                study.data.augment,
+                log=log,
+            )
+
+        ready.append(cached_model(cache_root(study.runs_dir), payload, train_fn, data, name, log))
+    return ready

@@ -1,0 +1,140 @@
+"""The one training loop: every student, teacher and assistant is trained here.
+
+Data is already on the device; a batch is an index slice; the distiller returns named losses.
+The whole state (model, optimizer, schedule, RNG, epoch) can be saved and restored mid-way.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from nas_kd.config import TrainConfig
+from nas_kd.data import Dataset, Split, augment, batches
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class EpochResult:
+    epoch: int  # epochs finished so far (1-based)
+    train_loss: float
+    losses: dict[str, float]
+    val_accuracy: float
+    seconds: float
+    images_per_second: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay
+    )
+
+
+def make_schedule(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 1024) -> float:
+    """Top-1 accuracy of ``model`` on ``split`` (eval mode, then restored)."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    with autocast(split.x.device):
+        for index in batches(len(split), batch_size, None, split.x.device):
+            correct += (model(split.x[index]).argmax(1) == split.y[index]).sum().item()
+    model.train(was_training)
+    return correct / max(1, len(split))
+
+
+def autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on GPU; a no-op on CPU (where bf16 is slower for small convnets)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+class Trainer:
+    """Trains ``distiller`` (student plus whatever it adds) on ``data`` for ``cfg.epochs``."""
+
+    def __init__(self, distiller: nn.Module, data: Dataset, cfg: TrainConfig, seed: int, augment_data: bool):
+        self.distiller, self.data, self.cfg, self.augment_data = distiller, data, cfg, augment_data
+        self.device = data.train.x.device
+        self.steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+        trainable = [p for p in distiller.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(trainable, cfg)
+        self.schedule = make_schedule(self.optimizer, cfg, cfg.epochs * self.steps_per_epoch)
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+        self.epoch = 0
+
+    def run_epoch(self) -> EpochResult:
+        distiller, train, spec = self.distiller, self.data.train, self.data.spec
+        distiller.train()
+        start = time.perf_counter()
+        totals: dict[str, torch.Tensor] = {}
+        for index in batches(len(train), self.cfg.batch_size, self.generator, self.device):
+            x, y = train.x[index], train.y[index]
+            if self.augment_data:
+                x = augment(x, spec.crop_padding, spec.flip, self.generator)
+            with autocast(self.device):
+                _, losses = distiller.forward_train(x, y, index)
+            loss = sum(losses.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.schedule.step()
+            for name, value in losses.items():
+                totals[name] = totals.get(name, 0) + value.detach()
+        # One host sync per epoch (not per step) to check the loss and log it.
+        means = {name: float(total) / self.steps_per_epoch for name, total in totals.items()}
+        train_loss = sum(means.values())
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"training loss is {train_loss} at epoch {self.epoch + 1}")
+        seconds = time.perf_counter() - start
+        self.epoch += 1
+        val_accuracy = evaluate(distiller.export_student(), self.data.val)
+        return EpochResult(self.epoch, train_loss, means, val_accuracy, seconds, len(train) / seconds)
+
+    def fit(self, on_epoch: Callable[[EpochResult, Trainer], None] | None = None) -> list[EpochResult]:
+        """Train the remaining epochs; ``on_epoch`` sees every result (and may checkpoint the trainer)."""
+        history = []
+        while self.epoch < self.cfg.epochs:
+            result = self.run_epoch()
+            history.append(result)
+            if on_epoch is not None:
+                on_epoch(result, self)
+        return history
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume mid-way; loadable with ``torch.load(weights_only=True)``."""
+        return {
+            "distiller": self.distiller.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "generator": self.generator.get_state(),
+            "epoch": self.epoch,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.distiller.load_state_dict(state["distiller"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.generator.set_state(state["generator"])
+        self.epoch = int(state["epoch"])

@@ -1,0 +1,40 @@
+"""Shared fixtures: the digits dataset and small studies whose run directories live in tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from nas_kd.config import Study, load_study
+from nas_kd.data import Dataset, load_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "studies" / "quickstart.yaml"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads() -> None:
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def digits() -> Dataset:
+    return load_dataset("digits", val_fraction=0.15)
+
+
+def small_study(runs_dir: Path, **overrides: object) -> Study:
+    """The quickstart study, made quick: few epochs, small teacher."""
+    base = {
+        "runs_dir": str(runs_dir),
+        "train.epochs": 2,
+        "teacher.train.epochs": 3,
+    }
+    base.update(overrides)
+    return load_study(QUICKSTART, base)
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Study:
+    return small_study(tmp_path)
