@@ -190,10 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list distillers or datasets")
     p.add_argument("what", choices=["distillers", "datasets"])
     p = sub.add_parser("bench", help="benchmarks that print ratios against a baseline measured in the same run")
-    p.add_argument("what", choices=["trainer"])
-    p.add_argument("study", nargs="?", default=None)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("what", choices=["trainer", "distillers", "search"])
+    p.add_argument("study", nargs="?", default=None, help="study file (default depends on the benchmark)")
+    p.add_argument("--epochs", type=int, help="epochs per training run")
+    p.add_argument("--repeats", type=int, default=3, help="timing repeats (trainer)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (distillers, search)")
+    p.add_argument("--budget", type=int, help="student-epoch budget per arm (search)")
+    p.add_argument("--out", help="write the table as CSV/Markdown here too")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     return parser
 

@@ -17,7 +17,7 @@ from nas_kd.arch import Cost, build_model, measure
 from nas_kd.config import Study
 from nas_kd.data import Dataset, load_dataset
 from nas_kd.distill import DistillContext, Teacher, make_distiller, parse_distiller_space
-from nas_kd.teachers import CachedModel, prepare_teachers
+from nas_kd.teachers import CachedModel, cache_root, prepare_teachers
 from nas_kd.train import EpochResult, Trainer, evaluate
 
 
@@ -73,6 +73,7 @@ def build_trainer(
         device,
         seed,
         study.data.augment,
+        cache_dir=cache_root(study.runs_dir),
         extra={"study": study},
     )
     wrapper = make_distiller(distiller, settings, student, context)

@@ -1,0 +1,19 @@
+"""Benchmarks: commands that print ratios measured in one run against a baseline (never timed tests).
+
+``nas-kd bench WHAT``: each WHAT is one module here with ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHMARKS = {
+    "trainer": "nas_kd.bench.trainer",
+    "distillers": "nas_kd.bench.distillers",
+    "search": "nas_kd.bench.search",
+}
+
+
+def main(args: argparse.Namespace) -> int:
+    return importlib.import_module(BENCHMARKS[args.what]).run(args)

@@ -1,0 +1,95 @@
+"""Run-directory I/O. The run directory is the contract between the search, the report and export.
+
+``<runs_dir>/<study name>/`` holds:
+
+- ``study.yaml``     the resolved study (search space and architecture files inlined).
+- ``run.json``       {"study_name": optuna study name, "storage": "sqlite:///<abs path>/optuna.db",
+                      "objectives": ["val_accuracy", "params", ...], "directions": ["maximize", "minimize", ...],
+                      "state": "running" | "finished" | "interrupted", "started": iso time, "updated": iso time,
+                      "trials_requested": int, "scheduler": name}
+- ``trials.csv``     one row per trial: trial_id, number, status (COMPLETE | PRUNED | FAILED | RUNNING | REJECTED),
+                      epochs, max_epochs, val_accuracy, test_accuracy, params, flops, model_bytes, latency_ms,
+                      distiller, family, arch (JSON), arch_summary, pareto (true/false), error, seconds,
+                      student_path, and one ``<distiller>.<setting>`` column per sampled distiller setting.
+- ``curves.csv``     one row per (trial_id, epoch): val_accuracy, train_loss, seconds, images_per_second.
+- ``hypervolume.csv`` one row per finished trial: finished (count), trial_id, hypervolume, student_epochs,
+                      wall_seconds.
+- ``pareto.json``    {"objectives": [...], "reference_point": {...}, "members": [{trial_id, arch, arch_summary,
+                      distiller, settings, metrics: {val_accuracy, test_accuracy, params, flops, ...},
+                      student_path}]}
+- ``teachers.json``  [{"name", "role" ("teacher" | "assistant"), "key", "arch", "arch_summary", "params",
+                      "flops", "val_accuracy", "test_accuracy", "path"}]
+- ``students/<trial_id>/``  model.safetensors + model.json of each Pareto member (``nas_kd.load_student``).
+- ``optuna.db``      the Optuna study (SQLite; optuna-dashboard sqlite:///.../optuna.db).
+- ``report.html``    the Plotly report; ``tune/`` Ray Tune's experiment files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+TRIAL_COLUMNS = [
+    "trial_id", "number", "status", "epochs", "max_epochs", "val_accuracy", "test_accuracy", "params", "flops",
+    "model_bytes", "latency_ms", "distiller", "family", "arch", "arch_summary", "pareto", "error", "seconds",
+    "student_path",
+]  # fmt: skip
+CURVE_COLUMNS = ["trial_id", "epoch", "val_accuracy", "train_loss", "seconds", "images_per_second"]
+HYPERVOLUME_COLUMNS = ["finished", "trial_id", "hypervolume", "student_epochs", "wall_seconds"]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def write_table(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """CSV with ``columns`` first, then any extra keys the rows carry (sorted)."""
+    extra = sorted({k for row in rows for k in row} - set(columns))
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns + extra, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _cell(v) for k, v in row.items()})
+    os.replace(tmp, path)
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return value
+
+
+def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
+    """A run-dir CSV as a DataFrame; missing or empty file -> empty frame with ``columns``."""
+    if not path.exists() or path.stat().st_size == 0:
+        return pd.DataFrame(columns=columns)
+    return pd.read_csv(path)
+
+
+def read_trials(run_dir: str | Path) -> pd.DataFrame:
+    return read_table(Path(run_dir) / "trials.csv", TRIAL_COLUMNS)
