@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list distillers or datasets")
     p.add_argument("what", choices=["distillers", "datasets"])
     p = sub.add_parser("bench", help="benchmarks that print ratios against a baseline measured in the same run")
-    p.add_argument("what", choices=["trainer", "distillers", "search"])
+    p.add_argument("what", choices=["trainer", "distillers", "search", "gpu"])
     p.add_argument("study", nargs="?", default=None, help="study file (default depends on the benchmark)")
     p.add_argument("--epochs", type=int, help="epochs per training run")
     p.add_argument("--repeats", type=int, default=3, help="timing repeats (trainer)")

@@ -12,6 +12,7 @@ BENCHMARKS = {
     "trainer": "nas_kd.bench.trainer",
     "distillers": "nas_kd.bench.distillers",
     "search": "nas_kd.bench.search",
+    "gpu": "nas_kd.bench.gpu",
 }
 
 

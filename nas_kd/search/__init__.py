@@ -1,0 +1,1 @@
+"""The search: Ray Tune runs Optuna-sampled students; Pareto bookkeeping and schedulers."""
