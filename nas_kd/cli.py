@@ -151,6 +151,58 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from nas_kd.search.runner import run_study
+
+    if args.dashboard_host not in ("127.0.0.1", "localhost", "::1") and not args.no_dashboard:
+        print(
+            f"nas-kd: warning: the Ray dashboard will listen on {args.dashboard_host}; it can run jobs, so keep "
+            "token auth on and expose it only on a trusted network",
+            file=sys.stderr,
+        )
+    run_study(
+        args.study,
+        resume=args.resume,
+        fresh=args.fresh,
+        address=args.address,
+        runs_dir=args.runs_dir,
+        dashboard=not args.no_dashboard,
+        dashboard_host=args.dashboard_host,
+        **_overrides(args.set),
+    )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from nas_kd.report import write_report
+
+    path = write_report(args.run_dir, out=args.out, png_dir=args.png)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import shutil
+
+    import torch
+
+    from nas_kd.checkpoint import load_student
+
+    source = Path(args.run_dir) / "students" / args.trial_id
+    if not (source / "model.json").is_file():
+        raise UsageError(f"{args.run_dir}: no saved student for trial {args.trial_id} (only Pareto members are saved)")
+    if Path(args.out).exists():
+        raise UsageError(f"{args.out}: already exists; choose another --out")
+    shutil.copytree(source, args.out)
+    if args.torchscript:
+        model = load_student(args.out)
+        info = json.loads((Path(args.out) / "model.json").read_text())
+        traced = torch.jit.trace(model, torch.zeros(1, *info["input_shape"]))
+        traced.save(str(Path(args.out) / "model.torchscript.pt"))
+    print(f"exported {args.trial_id} to {args.out} (load with nas_kd.load_student({str(args.out)!r}))")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from nas_kd import bench
 
@@ -162,6 +214,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "teacher": cmd_teacher,
     "train": cmd_train,
     "list": cmd_list,
+    "search": cmd_search,
+    "report": cmd_report,
+    "export": cmd_export,
     "bench": cmd_bench,
 }
 
@@ -187,6 +242,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--device")
     p.add_argument("--save", help="folder to save the trained student to")
+    p = with_study("search", "run a search study on Ray Tune (the main job)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run of this study")
+    p.add_argument("--fresh", action="store_true", help="delete an existing run directory of this study first")
+    p.add_argument("--address", help="join an existing Ray cluster (e.g. auto) instead of starting one")
+    p.add_argument("--runs-dir", help="parent of the run directory (default: the study's runs_dir)")
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    p.add_argument("--dashboard-host", default="127.0.0.1", help="dashboard bind address (default 127.0.0.1)")
+    p = sub.add_parser("report", help="(re)build report.html from a run directory")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="HTML file (default RUN_DIR/report.html)")
+    p.add_argument("--png", metavar="DIR", help="also write each figure as PNG (needs Chrome/Chromium)")
+    p = sub.add_parser("export", help="copy a Pareto student out of a run directory")
+    p.add_argument("run_dir")
+    p.add_argument("trial_id")
+    p.add_argument("--out", required=True, help="destination folder")
+    p.add_argument("--torchscript", action="store_true", help="also write a traced TorchScript file")
     p = sub.add_parser("list", help="list distillers or datasets")
     p.add_argument("what", choices=["distillers", "datasets"])
     p = sub.add_parser("bench", help="benchmarks that print ratios against a baseline measured in the same run")
@@ -206,9 +277,19 @@ def main(argv: list[str] | None = None) -> int:
     from nas_kd.data import DatasetNotFound
 
     args = build_parser().parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines appear live even when piped to a file
+    user_errors: tuple[type[Exception], ...] = (StudyError, UsageError, DatasetNotFound)
+    if args.command == "search":
+        from nas_kd.search.runner import SearchError
+
+        user_errors += (SearchError,)
+    if args.command in ("report", "search"):
+        from nas_kd.report import ReportError
+
+        user_errors += (ReportError,)
     try:
         return COMMANDS[args.command](args)
-    except (StudyError, UsageError, DatasetNotFound) as error:
+    except user_errors as error:
         print(f"nas-kd: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -226,6 +226,8 @@ def _check_files(study: Study, source: str | Path, base: Path) -> None:
                 where = "search.space" if isinstance(spaces, str) else f"search.space.{i}"
                 raise StudyError(source, where, f"file not found: {path}")
         study.search.space = resolved[0] if isinstance(spaces, str) else resolved
+    # Absolute, so Ray workers with another working directory find the same teacher cache.
+    study.runs_dir = str(Path(study.runs_dir).expanduser().resolve())
     if study.data.data_dir:
         study.data.data_dir = str(Path(study.data.data_dir).expanduser())
 

@@ -123,7 +123,7 @@ def train_plain(
 
     torch.manual_seed(seed)
     model = build_model(arch, data.input_shape, data.num_classes).to(data.train.x.device)
-    context = DistillContext(data, cfg, teachers or [], data.train.x.device, seed, augment_data)
+    context = DistillContext(data, cfg, teachers or [], data.train.x.device, seed, augment_data, student_arch=arch)
     wrapper = make_distiller(distiller, settings or {}, model, context)
     trainer = Trainer(wrapper, data, cfg, seed, augment_data)
     for result in trainer.fit():
@@ -166,3 +166,26 @@ def prepare_teachers(study: Study, data: Dataset, log: Callable[[str], None] = p
 
         ready.append(cached_model(cache_root(study.runs_dir), payload, train_fn, data, name, log))
     return ready
+
+
+def teacher_bundle(cached: CachedModel) -> dict[str, Any]:
+    """A teacher as plain NumPy data for Ray's object store (read zero-copy by every trial on a node)."""
+    model = cached.load("cpu")
+    return {
+        "info": cached.info,
+        "weights": {k: v.numpy() for k, v in model.state_dict().items()},
+        "train_logits": np.load(cached.path / "train_logits.npy"),
+    }
+
+
+def teacher_from_bundle(bundle: dict[str, Any], device: torch.device | str) -> Teacher:
+    info = bundle["info"]
+    model = build_model(info["arch"], tuple(info["input_shape"]), info["num_classes"])
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in bundle["weights"].items()})
+    return Teacher(
+        model.to(device),
+        torch.from_numpy(np.array(bundle["train_logits"])).to(device),
+        name=info.get("name", "teacher"),
+        params=int(info["params"]),
+        val_accuracy=info.get("val_accuracy"),
+    )

@@ -1,7 +1,11 @@
 """Distillers: one file per scheme, one registry. ``DISTILLERS`` maps names to classes."""
 
-from nas_kd.distill import ce, offline  # noqa: F401  (importing registers them)
-from nas_kd.distill.base import DistillContext, Distiller, NoSettings, Teacher
+# Importing registers them, in the order `nas-kd list distillers` shows.
+# isort: off
+from nas_kd.distill import ce, offline, online, self_distillation, assistant, multi_teacher  # noqa: F401
+
+# isort: on
+from nas_kd.distill.base import DistillContext, Distiller, NoSettings, Outputs, Teacher
 from nas_kd.distill.registry import (
     DISTILLERS,
     DistillerConfigError,
@@ -19,6 +23,7 @@ __all__ = [
     "DistillerConfigError",
     "DistillerSpace",
     "NoSettings",
+    "Outputs",
     "Teacher",
     "make_distiller",
     "make_settings",

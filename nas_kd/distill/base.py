@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -23,6 +23,20 @@ from nas_kd.data import Dataset
 
 class NoSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class Outputs(NamedTuple):
+    """One network's forward as knowledge terms see it: logits, and (when feature or relation knowledge
+    is on) the output of every stage and the pooled embedding."""
+
+    logits: torch.Tensor
+    features: list[torch.Tensor] | None = None
+    embedding: torch.Tensor | None = None
+
+
+def run(model: nn.Module, x: torch.Tensor, features: bool) -> Outputs:
+    """Forward a network for knowledge: logits only, or logits, stage features and embedding."""
+    return Outputs(*model.forward_features(x)) if features else Outputs(model(x))
 
 
 @dataclass
@@ -53,6 +67,10 @@ class Teacher:
         logits, features, embedding = self.model.forward_features(x)
         return logits.float(), [f.float() for f in features], embedding.float()
 
+    def outputs(self, x: torch.Tensor, index: torch.Tensor | None, augmented: bool, features: bool) -> Outputs:
+        """What a knowledge term needs: cached or live logits, or a live forward with features."""
+        return Outputs(*self.features(x)) if features else Outputs(self.logits(x, index, augmented))
+
 
 @dataclass
 class DistillContext:
@@ -65,7 +83,8 @@ class DistillContext:
     seed: int = 0
     augmented: bool = False  # whether training batches are augmented (then cached logits do not apply)
     cache_dir: Path | None = None  # where trained helpers (assistants, born-again teachers) are cached
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # "study": the Study (helpers are trained by its recipe)
+    student_arch: dict[str, Any] | None = None  # the student's genome (assistants and born-again copies derive from it)
 
 
 class Distiller(nn.Module):

@@ -1,35 +1,45 @@
-"""Offline distillation from a frozen, pre-trained teacher (response knowledge: Hinton KD)."""
+"""Offline distillation from a frozen, pre-trained teacher, with any mix of knowledge terms.
+
+Response knowledge reads the teacher's cached logits when the batch allows it; feature and relation
+knowledge need a live teacher forward (its stage features), which then supplies the logits too.
+"""
 
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
+from torch import nn
 
-from nas_kd.distill.base import Distiller
-from nas_kd.distill.losses import kd_loss
+from nas_kd.distill.base import DistillContext, Distiller, Teacher, run
+from nas_kd.distill.knowledge import Knowledge, KnowledgeSettings
 from nas_kd.distill.registry import register
-
-
-class OfflineSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    temperature: float = Field(4.0, gt=0, description="softening temperature T")
-    alpha: float = Field(0.9, ge=0, le=1, description="weight of the KD term; cross-entropy gets 1 - alpha")
 
 
 @register
 class Offline(Distiller):
     name = "offline"
-    summary = "frozen pre-trained teacher; Hinton KD (KL at temperature T, x T^2) weighted by alpha against CE"
-    Settings = OfflineSettings
+    summary = (
+        "frozen pre-trained teacher; response (Hinton KD or DKD), feature (FitNets, AT) and relation "
+        "(RKD, SP) knowledge in any mix, weighted against CE"
+    )
+    Settings = KnowledgeSettings
     requires_teacher = True
+
+    def __init__(self, student: nn.Module, settings: BaseModel, context: DistillContext):
+        super().__init__(student, settings, context)
+        # Not a submodule: the teacher stays frozen, in eval mode and out of the distiller's state.
+        self.teacher = self.source(context)
+        channels = self.teacher.model.stage_channels
+        self.knowledge = Knowledge(settings, student.stage_channels, channels).to(context.device)
+
+    def source(self, context: DistillContext) -> Teacher:
+        """The teacher the student learns from (subclasses put another network there)."""
+        return context.teachers[0]
 
     def forward_train(
         self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        s = self.settings
-        logits = self.student(x)
-        teacher_logits = self.context.teachers[0].logits(x, index, self.context.augmented)
-        return logits, {
-            "ce": (1 - s.alpha) * self.cross_entropy(logits, y),
-            "kd": s.alpha * kd_loss(logits, teacher_logits, s.temperature),
-        }
+        features = self.knowledge.needs_features
+        student = run(self.student, x, features)
+        teacher = self.teacher.outputs(x, index, self.context.augmented, features)
+        return student.logits, self.knowledge(student, teacher, y, self.cross_entropy)

@@ -1,0 +1,132 @@
+"""``nas-kd bench gpu [STUDY]``: GPU packing and mixed precision, each as a ratio measured in the same run.
+
+1. Search throughput: the same study (same trials, seed and epochs) with 1, 0.5 and 0.25 GPU per trial, i.e.
+   1, 2 and 4 students sharing each GPU; trials per hour for each.
+2. Student training throughput (images/s) of the study's student: the trainer's GPU path (bf16 autocast,
+   channels_last) against the same loop in fp32 with the default memory format.
+
+Needs CUDA; without it the command says so and exits 2. Default study: studies/quickstart.yaml (digits, always
+available); pass a larger one (e.g. studies/fashion_mnist.yaml) for figures closer to real use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pandas as pd
+import torch
+
+import nas_kd.train
+from nas_kd.config import Study, load_study, parse_override
+from nas_kd.pipeline import build_trainer, ready_teachers, study_data
+from nas_kd.train import Trainer
+
+DEFAULT_STUDY = "studies/quickstart.yaml"
+GPU_SHARES = (1.0, 0.5, 0.25)
+THROUGHPUT_EPOCHS = 5  # the first is warm-up (cuDNN autotuning, allocator) and is left out
+
+
+def run(args: argparse.Namespace) -> int:
+    if not torch.cuda.is_available():
+        print(
+            "nas-kd bench gpu: no CUDA device here (torch.cuda.is_available() is False); "
+            "run it on a machine with an NVIDIA GPU and a CUDA build of torch",
+            file=sys.stderr,
+        )
+        return 2
+    study_path = args.study or DEFAULT_STUDY
+    overrides = dict(parse_override(text) for text in args.set or [])
+    if args.epochs:
+        overrides["train.epochs"] = args.epochs
+    gpu = torch.cuda.get_device_name(0)
+    print(f"nas-kd bench gpu: {study_path} on {gpu} (torch {torch.__version__})")
+
+    study = load_study(study_path, overrides)
+    # Teachers first (into the study's usual cache), outside the timings: the first arm must not pay for them.
+    ready_teachers(study, study_data(study, torch.device("cpu")))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    packing = pd.DataFrame([search_arm(study_path, overrides, f"{study.name}-bench{stamp}", s) for s in GPU_SHARES])
+    packing["speedup"] = packing["trials_per_hour"] / packing["trials_per_hour"].iloc[0]
+
+    precision = throughput(load_study(study_path, {**overrides, "train.epochs": THROUGHPUT_EPOCHS}))
+    print(f"\nSearch throughput ({gpu}):\n{packing.to_string(index=False, float_format='%.2f')}")
+    print(f"\nStudent training throughput ({gpu}):\n{precision.to_string(index=False, float_format='%.2f')}")
+    if args.out:
+        write_tables(Path(args.out), gpu, {"search throughput": packing, "training throughput": precision})
+    return 0
+
+
+def search_arm(study_path: str, overrides: dict[str, Any], name: str, share: float) -> dict[str, Any]:
+    """One full search with ``share`` GPU per trial, in its own run directory ``<runs_dir>/<name>-gpu<share>``
+    (kept for a look at its report); Ray start-up is included in the time, the same for every arm."""
+    from nas_kd.search.runner import run_study
+
+    start = time.perf_counter()
+    result = run_study(
+        study_path, dashboard=False, report=False, log=lambda *a: None,
+        **{**overrides, "name": f"{name}-gpu{share:g}", "resources.gpu": share},
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    complete = int((result.trials["status"] == "COMPLETE").sum())
+    print(
+        f"  gpu {share:g} per trial: {len(result.trials)} trials ({complete} COMPLETE) in {seconds:.0f}s -> {result.run_dir}"
+    )
+    return {
+        "gpu_per_trial": share,
+        "students_per_gpu": round(1 / share),
+        "trials": len(result.trials),
+        "seconds": seconds,
+        "trials_per_hour": len(result.trials) * 3600 / seconds,
+    }
+
+
+def throughput(study: Study) -> pd.DataFrame:
+    """images/s of the study's student trained with plain cross-entropy (the loop alone, no teacher)."""
+    if study.student is None:
+        raise SystemExit(f"nas-kd bench gpu: {study.path}: the study needs a student block for the throughput test")
+    data = study_data(study, torch.device("cuda"))
+    rows = []
+    for label, fast in (("fp32, default memory format", False), ("bf16 autocast + channels_last", True)):
+        trainer = build_trainer(study, data, [], study.student.genome(), "ce", {}, study.seed)
+        rows.append({"loop": label, "images_per_second": images_per_second(trainer, fast)})
+    table = pd.DataFrame(rows)
+    table["speedup"] = table["images_per_second"] / table["images_per_second"].iloc[0]
+    return table
+
+
+def images_per_second(trainer: Trainer, fast: bool) -> float:
+    """Median images/s over the epochs after the first. ``fast=False`` undoes the trainer's GPU defaults:
+    contiguous weights, and an autocast that is switched off (the trainer turns bf16 on for every CUDA run)."""
+    if fast:
+        history = trainer.fit()
+    else:
+        trainer.distiller.to(memory_format=torch.contiguous_format)
+        with mock.patch.object(nas_kd.train, "autocast", _no_autocast):
+            history = trainer.fit()
+    torch.cuda.synchronize()
+    return statistics.median(r.images_per_second for r in history[1:] or history)
+
+
+def _no_autocast(device: torch.device) -> torch.autocast:
+    return torch.autocast(device.type, enabled=False)
+
+
+def write_tables(path: Path, gpu: str, tables: dict[str, pd.DataFrame]) -> None:
+    if path.suffix == ".md":
+        path.write_text("\n".join(f"### {title} ({gpu})\n\n{markdown(table)}\n" for title, table in tables.items()))
+    else:
+        pd.concat([t.assign(table=title, gpu=gpu) for title, t in tables.items()]).to_csv(path, index=False)
+    print(f"\nwritten to {path}")
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A pipe table (pandas' to_markdown needs the optional tabulate package)."""
+    cells = [[f"{v:.2f}" if isinstance(v, float) else str(v) for v in row] for row in table.itertuples(index=False)]
+    lines = [list(map(str, table.columns)), ["---"] * len(table.columns), *cells]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)

@@ -1,0 +1,190 @@
+"""``nas-kd bench search [STUDY] --budget N --seeds S``: what each part of the search buys, at equal compute.
+
+Arms, each on the same study with the same budget of student-epochs and the same seeds (the study's seed,
+then +1, +2 ...; teachers keep their own seed, so every arm distils from the same cached teacher):
+
+1. random sampler + ``ce`` (no distillation), fifo;
+2. TPE + ``ce``, fifo;
+3. TPE + the study's distiller, fifo;
+4. TPE + the study's distiller + ``pareto_halving`` (the study's grace/reduction settings, else defaults).
+
+A fifo arm runs ``budget // epochs`` trials. The halving arm runs the trials that the budget buys if
+``1/eta`` of them go on at each rung, and is read where the budget ran out: each run's result is the last
+row of its ``hypervolume.csv`` whose ``student_epochs`` is within the budget. Its hypervolume is the study's
+normalised one (``pareto.StudyHypervolume``: full-budget trials only, fixed bounds, the same for every arm);
+its wall time is the search's wall seconds at that row (Tune's start-up included; the arm that runs first,
+on a cold cluster, changes with each seed). Teachers are made ready once, before all arms.
+
+Default study: studies/quickstart.yaml; default budget: the study's trials x epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray
+import torch
+
+from nas_kd.bench.gpu import markdown
+from nas_kd.config import SchedulerConfig, Study, load_study, parse_override
+from nas_kd.pipeline import ready_teachers, study_data
+from nas_kd.results import HYPERVOLUME_COLUMNS, read_table
+from nas_kd.search.schedulers import rung_milestones
+
+DEFAULT_STUDY = "studies/quickstart.yaml"
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    sampler: str
+    plain_ce: bool  # True: distiller ce instead of the study's
+    scheduler: str
+
+
+ARMS = (
+    Arm("random + ce", "random", True, "fifo"),
+    Arm("tpe + ce", "tpe", True, "fifo"),
+    Arm("tpe + distiller", "tpe", False, "fifo"),
+    Arm("tpe + distiller + pareto_halving", "tpe", False, "pareto_halving"),
+)
+
+
+def run(args: argparse.Namespace) -> int:
+    study_path = args.study or DEFAULT_STUDY
+    overrides = dict(parse_override(text) for text in args.set or [])
+    if args.epochs:
+        overrides["train.epochs"] = args.epochs
+    study = load_study(study_path, overrides)
+    budget = args.budget or study.search.trials * study.train.epochs
+    seeds = [study.seed + i for i in range(args.seeds)]
+    print(f"nas-kd bench search: {study_path}, {budget} student-epochs per run, seeds {seeds}")
+
+    ready_teachers(study, study_data(study, torch.device("cpu")))  # into the study's cache, outside the timings
+    # One private cluster for every arm (no start-up per run); "local": never one another process started.
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix="nas-kd-bench-search-") as runs_dir:
+            rows = [
+                search_run(study_path, overrides, study, arm, seed, budget, Path(runs_dir))
+                for i, seed in enumerate(seeds)
+                for arm in ARMS[i % len(ARMS) :] + ARMS[: i % len(ARMS)]  # the first (cold) run rotates
+            ]
+    finally:
+        ray.shutdown()
+    runs = pd.DataFrame(rows)
+    table = summarise(runs)
+    print(f"\nFinal hypervolume at {budget} student-epochs ({len(seeds)} seeds, mean ± std):\n\n{markdown(table)}")
+    if args.out:
+        write_results(Path(args.out), table, runs, budget)
+    return 0
+
+
+def trials_for(budget: int, study: Study, arm: Arm) -> int:
+    epochs = study.train.epochs
+    if arm.scheduler == "fifo":
+        return max(1, budget // epochs)
+    return max(1, math.ceil(budget / expected_epochs(study.search.scheduler, epochs)))
+
+
+def expected_epochs(cfg: SchedulerConfig, max_epochs: int) -> float:
+    """Mean epochs a trial trains under successive halving if 1/eta go on at each rung."""
+    total, reached, share = 0.0, 0, 1.0
+    for milestone in [*rung_milestones(cfg.grace_epochs, cfg.reduction_factor, max_epochs), max_epochs]:
+        total += share * (milestone - reached)
+        reached, share = milestone, share / cfg.reduction_factor
+    return total
+
+
+def arm_overrides(study: Study, arm: Arm, seed: int, budget: int) -> dict[str, Any]:
+    overrides: dict[str, Any] = {
+        "name": f"{study.name}-{arm.name.replace(' + ', '-')}-seed{seed}",
+        "seed": seed,
+        "search.sampler": arm.sampler,
+        "search.scheduler.name": arm.scheduler,
+        "search.trials": trials_for(budget, study, arm),
+    }
+    if arm.plain_ce:
+        overrides["distiller"] = "ce"
+    # Teachers keep the study's seed: a new one per seed would retrain them and change what is distilled.
+    if study.teacher:
+        overrides["teacher.seed"] = study.teacher_seed(study.teacher)
+    if study.teachers:
+        overrides["teachers"] = [
+            {**t.model_dump(mode="json", exclude_none=True), "seed": study.teacher_seed(t)} for t in study.teachers
+        ]
+    return overrides
+
+
+def search_run(
+    study_path: str, overrides: dict[str, Any], study: Study, arm: Arm, seed: int, budget: int, runs_dir: Path
+) -> dict[str, Any]:
+    from nas_kd.search.runner import run_study
+
+    start = time.perf_counter()
+    arm_study = load_study(study_path, {**overrides, **arm_overrides(study, arm, seed, budget)})
+    result = run_study(arm_study, runs_dir=runs_dir, dashboard=False, report=False, log=lambda *a: None)
+    seconds = time.perf_counter() - start
+    curve = read_table(result.run_dir / "hypervolume.csv", HYPERVOLUME_COLUMNS)
+    curve = curve[curve["student_epochs"] <= budget]
+    last = curve.iloc[-1] if len(curve) else pd.Series({"hypervolume": 0.0, "student_epochs": 0, "wall_seconds": 0.0})
+    trials = result.trials[result.trials["trial_id"].isin(curve["trial_id"])]
+    row = {
+        "arm": arm.name,
+        "seed": seed,
+        "hypervolume": float(last["hypervolume"]),
+        "student_epochs": int(last["student_epochs"]),
+        "trials": len(trials),
+        "complete": int((trials["status"] == "COMPLETE").sum()),
+        "wall_seconds": float(last["wall_seconds"]),
+        "run_seconds": seconds,
+    }
+    print(
+        f"  {arm.name:<34} seed {seed}: hypervolume {row['hypervolume']:.4f}, {row['student_epochs']} student-epochs, "
+        f"{row['complete']}/{row['trials']} trials complete, {row['wall_seconds']:.0f}s"
+    )
+    return row
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per arm: mean ± std over seeds, and the hypervolume as a ratio to the first arm's."""
+    baseline = runs[runs["arm"] == ARMS[0].name]["hypervolume"].mean()
+    rows = []
+    for arm in ARMS:
+        group = runs[runs["arm"] == arm.name]
+        rows.append(
+            {
+                "arm": arm.name,
+                "seeds": len(group),
+                "hypervolume": _mean_std(group["hypervolume"], 4),
+                f"vs {ARMS[0].name}": f"{group['hypervolume'].mean() / baseline:.2f}x" if baseline > 0 else "-",
+                "student-epochs": f"{group['student_epochs'].mean():.0f}",
+                "complete trials": f"{group['complete'].mean():.1f}",
+                "wall s": _mean_std(group["wall_seconds"], 0),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _mean_std(values: pd.Series, digits: int) -> str:
+    spread = values.std(ddof=1) if len(values) > 1 else float("nan")
+    return f"{values.mean():.{digits}f} ± {spread:.{digits}f}"
+
+
+def write_results(path: Path, table: pd.DataFrame, runs: pd.DataFrame, budget: int) -> None:
+    """Markdown (``.md``: the summary, then every run) or CSV (every run)."""
+    if path.suffix == ".md":
+        path.write_text(
+            f"### Final hypervolume at {budget} student-epochs\n\n{markdown(table)}\n\n"
+            f"### Runs\n\n{markdown(runs.assign(hypervolume=runs['hypervolume'].map('{:.4f}'.format)))}\n"
+        )
+    else:
+        runs.to_csv(path, index=False)
+    print(f"\nwritten to {path}")

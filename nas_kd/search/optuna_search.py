@@ -1,0 +1,118 @@
+"""OptunaSearch that tells Optuna the truth about early-stopped trials.
+
+Ray's OptunaSearch tells a trial a scheduler stopped as COMPLETE with its partial values, so half-trained
+students join the Pareto front and mislead the sampler. ``PruningAwareOptunaSearch`` tells:
+
+- COMPLETE, with its values: a trial that reported its full budget (``epoch`` >= ``max_epochs``);
+- PRUNED: a trial that ended earlier (stopped by a scheduler, rejected by a constraint, or never run).
+  Optuna's PRUNED trials carry no values (so ``study.best_trials`` leaves them out); a rejected trial's
+  reason is the user attribute ``rejected``;
+- FAIL: a trial that raised, or reported a non-finite objective at full budget.
+
+Every finished trial gets the user attribute ``epochs``; one that did not run its full budget also gets
+its last values as ``partial_<metric>`` (Tune tells an error without its result, so the searcher keeps
+the last one). With ``constraints`` ({metric: maximum}) every trial gets Optuna constraint values
+``value / maximum - 1`` (feasible when <= 0): TPE and NSGA-II steer away from infeasible students and
+``best_trials`` leaves them out.
+
+It uses OptunaSearch's private ``_ot_trials``, ``_ot_study`` and ``_completed_trials`` (Ray 2.60) and
+pickles like it (searcher checkpoints): the space must be a module-level function or picklable object.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+logger = logging.getLogger(__name__)
+
+EPOCH = "epoch"
+REJECTED = "rejected"  # result key: why a trial was rejected before training
+
+
+class PruningAwareOptunaSearch(OptunaSearch):
+    """``OptunaSearch(space, metric, mode, ...)`` plus ``max_epochs`` (the full budget), ``epoch_attr``
+    (the result key counting epochs done) and optional ``constraints``."""
+
+    def __init__(
+        self,
+        space: Any = None,
+        metric: str | list[str] | None = None,
+        mode: str | list[str] | None = None,
+        *,
+        max_epochs: int,
+        epoch_attr: str = EPOCH,
+        constraints: Mapping[str, float] | None = None,
+        points_to_evaluate: list[dict[str, Any]] | None = None,
+        sampler: optuna.samplers.BaseSampler | None = None,
+        study_name: str | None = None,
+        storage: optuna.storages.BaseStorage | None = None,
+        seed: int | None = None,
+    ):
+        super().__init__(
+            space=space,
+            metric=metric,
+            mode=mode,
+            points_to_evaluate=points_to_evaluate,
+            sampler=sampler,
+            study_name=study_name,
+            storage=storage,
+            seed=seed,
+        )
+        self._max_epochs = max_epochs
+        self._epoch_attr = epoch_attr
+        self._constraints = dict(constraints or {})
+        self._last_results: dict[str, dict[str, Any]] = {}  # trial_id -> last result, for errored trials
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.metric) if isinstance(self.metric, list) else [self.metric]
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        keys = (self._epoch_attr, REJECTED, *self.metrics, *self._constraints)
+        self._last_results[trial_id] = {k: result[k] for k in keys if k in result}
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        last = self._last_results.pop(trial_id, None)
+        if trial_id in self._completed_trials:
+            return super().on_trial_complete(trial_id, result, error)  # logs the duplicate, tells nothing
+        ot_trial = self._ot_trials[trial_id]
+        state, values = self._outcome(ot_trial, result or last or {}, error)
+        try:
+            self._ot_study.tell(ot_trial, values, state=state)
+        except Exception as exc:  # as OptunaSearch does: a refused tell must not stop the experiment
+            logger.warning("Optuna refused trial %s: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)
+
+    def _outcome(
+        self, ot_trial: optuna.Trial, result: dict[str, Any], error: bool
+    ) -> tuple[TrialState, list[float] | None]:
+        """The state to tell and its values; records the user attributes and constraints on the way."""
+        epochs = int(result.get(self._epoch_attr) or 0)
+        ot_trial.set_user_attr("epochs", epochs)
+        for name, limit in self._constraints.items():
+            if _finite(result.get(name)):
+                ot_trial.set_constraint(name, float(result[name]) / limit - 1.0)
+        values = [result.get(name) for name in self.metrics]
+        if not error and epochs >= self._max_epochs and not result.get(REJECTED):
+            if all(_finite(v) for v in values):
+                return TrialState.COMPLETE, [float(v) for v in values]
+            return TrialState.FAIL, None
+        if result.get(REJECTED):
+            ot_trial.set_user_attr(REJECTED, str(result[REJECTED]))
+        for name, value in zip(self.metrics, values, strict=True):
+            if _finite(value):
+                ot_trial.set_user_attr(f"partial_{name}", float(value))
+        return (TrialState.FAIL if error else TrialState.PRUNED), None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and math.isfinite(value)

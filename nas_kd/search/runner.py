@@ -1,0 +1,301 @@
+"""``nas-kd search``: the driver. Teachers first, then Ray Tune runs Optuna-sampled students.
+
+ray.init -> teachers ready (trained once or loaded from cache) -> teacher bundles into the object
+store once (``tune.with_parameters``) -> Tuner(train_trial, OptunaSearch(define-by-run space),
+scheduler) -> run directory kept current by ``RunDirectory`` -> report.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import ray
+import torch
+import yaml
+from ray import tune
+
+from nas_kd.config import Study, load_study
+from nas_kd.distill import parse_distiller_space
+from nas_kd.pipeline import ready_teachers, study_data
+from nas_kd.results import read_json, read_trials, write_json
+from nas_kd.search.bookkeeping import RunDirectory
+from nas_kd.search.metrics import StudyMetricsCallback
+from nas_kd.search.pareto import directions, modes
+from nas_kd.search.trainable import train_trial
+from nas_kd.space import load_space
+from nas_kd.teachers import teacher_bundle
+
+TUNE_DIR = "tune"
+# Tune warns on every per-epoch checkpoint of short trials; epoch checkpoints are what make resume exact.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+class SearchError(RuntimeError):
+    """A user-facing problem with starting or resuming a search (one line, exit code 2)."""
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    trials: pd.DataFrame
+    pareto: list[dict[str, Any]]
+    report: Path | None
+
+
+class TrialSpace:
+    """The define-by-run space: architecture and distiller sampled together. A picklable object (not a
+    lambda) so the searcher can be checkpointed."""
+
+    def __init__(self, space_spec: Any, distiller_spec: Any, seed: int):
+        self.space_spec, self.distiller_spec, self.seed = space_spec, distiller_spec, seed
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        arch = load_space(self.space_spec).suggest(trial)
+        distiller, settings = parse_distiller_space(self.distiller_spec).suggest(trial)
+        return {
+            "arch": arch,
+            "distiller": distiller,
+            "settings": settings,
+            "seed": self.seed,
+            "optuna_number": trial.number,
+        }
+
+
+def make_sampler(study: Study) -> optuna.samplers.BaseSampler:
+    seed, trials = study.seed, study.search.trials
+    if study.search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if study.search.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=min(50, max(4, trials // 3)))
+    # multivariate+group handle the conditional (per-stage) parameters; constant_liar spreads parallel asks.
+    return optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=max(4, trials // 4)
+    )
+
+
+def optuna_storage_url(run_dir: Path) -> str:
+    return f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
+
+
+def make_searcher(study: Study, run_dir: Path, study_name: str) -> Any:
+    from nas_kd.search.optuna_search import PruningAwareOptunaSearch
+
+    resolved = study.resolved()
+    objectives = study.search.objectives
+    return PruningAwareOptunaSearch(
+        space=TrialSpace(resolved["search"]["space"], resolved["distiller"], study.seed),
+        metric=objectives,
+        mode=modes(objectives),
+        sampler=make_sampler(study),
+        study_name=study_name,
+        storage=optuna.storages.RDBStorage(optuna_storage_url(run_dir)),
+        max_epochs=study.train.epochs,
+        constraints={k.removeprefix("max_"): v for k, v in study.search.constraints.items()},
+    )
+
+
+def start_ray(address: str | None, cpus: int | None, dashboard: bool, dashboard_host: str, log: Any = print) -> None:
+    """Join ``address`` or start a local cluster; the dashboard on 127.0.0.1 unless asked otherwise."""
+    if ray.is_initialized():
+        return
+    if address:
+        context = ray.init(address=address, log_to_driver=False)
+    else:
+        context = ray.init(
+            address="local",  # a private local cluster, never one another process happens to run here
+            num_cpus=cpus,
+            include_dashboard=dashboard,
+            dashboard_host=dashboard_host,
+            log_to_driver=False,
+            _system_config={"metrics_report_interval_ms": 1000},
+        )
+    url = getattr(context, "dashboard_url", None)
+    if url:
+        log(f"Ray dashboard: http://{url}  (token auth is on: `ray get-auth-token` prints the token; "
+            "the browser asks for it, the REST API wants 'Authorization: Bearer <token>')")  # fmt: skip
+
+
+def run_dir_of(study: Study) -> Path:
+    return Path(study.runs_dir).resolve() / study.name
+
+
+def _prepare_run_dir(study: Study, run_dir: Path, resume: bool, fresh: bool) -> dict[str, Any]:
+    """Refuse to clobber an existing run; create a new one; or read the one we resume."""
+    exists = (run_dir / "run.json").exists()
+    source = study.path or "<study>"
+    if resume:
+        if not exists or not (run_dir / TUNE_DIR).exists():
+            raise SearchError(f"{source}: nothing to resume: {run_dir} holds no run")
+        return read_json(run_dir / "run.json")
+    if exists and not fresh:
+        raise SearchError(
+            f"{source}: run directory {run_dir} already exists; continue it with --resume, "
+            "or start over with --fresh (deletes it)"
+        )
+    if exists and fresh:
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "study.yaml").write_text(yaml.safe_dump(study.resolved(), sort_keys=False))
+    run = {
+        # A unique Optuna study name per run: re-using a name silently appends to an old study.
+        "study_name": f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+        "storage": optuna_storage_url(run_dir),
+        "objectives": study.search.objectives,
+        "directions": directions(study.search.objectives),
+        "state": "running",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "trials_requested": study.search.trials,
+        "scheduler": study.search.scheduler.name,
+        "wall_seconds": 0.0,
+    }
+    write_json(run_dir / "run.json", run)
+    return run
+
+
+def _teachers_json(cached: list[Any], run_dir: Path) -> None:
+    from nas_kd.arch import arch_summary
+
+    write_json(
+        run_dir / "teachers.json",
+        [
+            {
+                "name": c.info.get("name", c.key),
+                "role": "teacher",
+                "key": c.key,
+                "arch": c.info["arch"],
+                "arch_summary": arch_summary(c.info["arch"]),
+                "params": c.info["params"],
+                "flops": c.info["flops"],
+                "val_accuracy": c.info.get("val_accuracy"),
+                "test_accuracy": c.info.get("test_accuracy"),
+                "path": str(c.path),
+            }
+            for c in cached
+        ],
+    )
+
+
+def run_study(
+    study_or_path: Study | str | Path,
+    *,
+    resume: bool = False,
+    fresh: bool = False,
+    address: str | None = None,
+    runs_dir: str | Path | None = None,
+    dashboard: bool = True,
+    dashboard_host: str = "127.0.0.1",
+    cpus: int | None = None,
+    report: bool = True,
+    log: Any = print,
+    **overrides: Any,
+) -> SearchResult:
+    """Run (or resume) a search study; returns the trials table and the Pareto set.
+
+    ``overrides`` are dotted study fields, e.g. ``run_study("s.yaml", **{"train.epochs": 2})``.
+    """
+    if isinstance(study_or_path, Study):
+        study = study_or_path
+        if overrides:
+            raise ValueError("overrides apply to a study file path, not to a Study object")
+    else:
+        study = load_study(study_or_path, overrides)
+    if runs_dir is not None:  # teachers are cached under the same runs_dir as the run itself
+        study = study.model_copy(update={"runs_dir": str(Path(runs_dir).resolve())})
+    run_dir = run_dir_of(study)
+    run = _prepare_run_dir(study, run_dir, resume, fresh)
+    from nas_kd.search.schedulers import make_scheduler
+
+    started_ray = not ray.is_initialized()
+    try:
+        start_ray(address, cpus, dashboard, dashboard_host, log)
+        data = study_data(study, torch.device("cpu"))
+        cached = ready_teachers(study, data, log)
+        _teachers_json(cached, run_dir)
+        trainable = tune.with_parameters(
+            train_trial,
+            study=study.resolved(),
+            teachers=[teacher_bundle(c) for c in cached],
+        )
+        resources = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
+        trainable = tune.with_resources(trainable, resources)
+        metrics = StudyMetricsCallback(study.name, study.train.epochs)
+        bookkeeping = RunDirectory(
+            run_dir,
+            study.search.objectives,
+            study.train.epochs,
+            _hypervolume_fn(study, cached),
+            log=log,
+            on_front=metrics.update_front,
+        )
+        if resume:
+            tuner = tune.Tuner.restore(str(run_dir / TUNE_DIR), trainable, resume_unfinished=True)
+        else:
+            scheduler, scheduler_callbacks = make_scheduler(
+                study.search.scheduler, study.search.objectives, study.train.epochs
+            )
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=make_searcher(study, run_dir, run["study_name"]),
+                    scheduler=scheduler,
+                    num_samples=study.search.trials,
+                    max_concurrent_trials=study.search.max_concurrent,
+                    reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name=TUNE_DIR,
+                    storage_path=str(run_dir),
+                    callbacks=[bookkeeping, *scheduler_callbacks, metrics],
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                    verbose=0,
+                ),
+            )
+        log(f"searching {study.search.trials} trials of {study.name} -> {run_dir}")
+        tuner.fit()
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return _finish(study, run_dir, report, log)
+
+
+def _hypervolume_fn(study: Study, cached: list[Any]) -> Any:
+    from nas_kd.search.pareto import StudyHypervolume
+
+    teacher = cached[0].info if cached else None
+    return StudyHypervolume(study.search.objectives, teacher)
+
+
+def _finish(study: Study, run_dir: Path, report: bool, log: Any) -> SearchResult:
+    trials = read_trials(run_dir)
+    finished = trials["status"].isin(["COMPLETE", "PRUNED", "FAILED", "REJECTED"]).sum() if len(trials) else 0
+    run = read_json(run_dir / "run.json", {})
+    run["state"] = "finished" if finished >= study.search.trials else "interrupted"
+    write_json(run_dir / "run.json", run)
+    pareto = read_json(run_dir / "pareto.json", {"members": []})["members"]
+    report_path = None
+    if report:
+        from nas_kd.report import write_report
+
+        report_path = write_report(run_dir)
+    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+    log(f"\n{study.name}: {run['state']}; trials {counts}")
+    log(f"Pareto set ({len(pareto)} students):")
+    for member in pareto:
+        m = member["metrics"]
+        log(
+            f"  {member['trial_id']}  val {m.get('val_accuracy', 0):.4f}  test {m.get('test_accuracy', 0):.4f}  "
+            f"params {int(m.get('params', 0)):>9,}  {member['distiller']:<13} {member['arch_summary']}"
+        )
+    if run["state"] == "interrupted":
+        log(f"resume with: nas-kd search {study.path} --resume")
+    if report_path:
+        log(f"report: {report_path}")
+    return SearchResult(run_dir, trials, pareto, report_path)

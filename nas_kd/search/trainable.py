@@ -1,0 +1,116 @@
+"""The Ray Tune trainable: one trial = one student trained by one distiller.
+
+It lives in the package (Ray workers unpickle it by import). It reports once per epoch with a
+checkpoint of the whole trainer state, so an interrupted trial resumes from its last epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from nas_kd.arch import build_model, measure
+from nas_kd.checkpoint import save_model_dir
+from nas_kd.config import Study
+from nas_kd.data import Dataset
+from nas_kd.pipeline import build_trainer, study_data
+from nas_kd.search.metrics import TrialMetrics
+from nas_kd.teachers import teacher_from_bundle
+from nas_kd.train import EpochResult, Trainer, evaluate
+
+# Reused actors (reuse_actors=True) keep these between trials: the dataset and teachers load once per worker.
+_WORKER_CACHE: dict[Any, Any] = {}
+TRAINER_STATE = "trainer.pt"
+STUDENT_DIR = "student"
+
+
+def trial_device(gpu_share: float) -> torch.device:
+    """The GPU Ray assigned to this trial (Ray sets CUDA_VISIBLE_DEVICES), else the CPU."""
+    if gpu_share > 0 and ray.get_gpu_ids() and torch.cuda.is_available():
+        if gpu_share < 1:  # several students share one GPU: each keeps to its share of the memory
+            torch.cuda.set_per_process_memory_fraction(gpu_share, 0)
+        return torch.device("cuda:0")
+    return torch.device("cpu")
+
+
+def _cached(key: Any, make: Any) -> Any:
+    if key not in _WORKER_CACHE:
+        _WORKER_CACHE[key] = make()
+    return _WORKER_CACHE[key]
+
+
+def constraint_violations(study: Study, cost: dict[str, Any]) -> list[str]:
+    broken = []
+    for name, limit in study.search.constraints.items():
+        value = cost.get(name.removeprefix("max_"))
+        if value is not None and value > limit:
+            broken.append(f"{name.removeprefix('max_')} {value:,.6g} > {name} {limit:,.6g}")
+    return broken
+
+
+def train_trial(config: dict[str, Any], study: dict[str, Any], teachers: list[dict[str, Any]]) -> None:
+    """Tune function trainable. ``config`` holds ``arch``, ``distiller``, ``settings``, ``seed``."""
+    study_obj = Study.model_validate(study)
+    torch.set_num_threads(max(1, int(study_obj.resources.cpu)))
+    device = trial_device(study_obj.resources.gpu)
+    d = study_obj.data
+    data: Dataset = _cached(
+        ("data", d.dataset, d.data_dir, d.val_fraction, d.split_seed, str(device)),
+        lambda: study_data(study_obj, device),
+    )
+    teacher_objs = [
+        _cached(("teacher", b["info"]["key"], str(device)), lambda b=b: teacher_from_bundle(b, device))
+        for b in teachers
+    ]
+    arch, distiller, settings = config["arch"], config["distiller"], config.get("settings", {})
+    seed = int(config.get("seed", study_obj.seed))
+    max_epochs = study_obj.train.epochs
+
+    needs_latency = "latency_ms" in study_obj.search.objectives or "max_latency_ms" in study_obj.search.constraints
+    probe = build_model(arch, data.input_shape, data.num_classes).to(device)
+    cost = {k: v for k, v in measure(probe, data.input_shape, latency=needs_latency).as_dict().items() if v is not None}
+    broken = constraint_violations(study_obj, cost)
+    if broken:  # rejected before any training: no compute spent
+        tune.report({"epoch": 0, "max_epochs": max_epochs, "val_accuracy": 0.0, "rejected": "; ".join(broken), **cost})
+        return
+
+    trainer = build_trainer(study_obj, data, teacher_objs, arch, distiller, settings, seed)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            trainer.load_state_dict(torch.load(Path(folder) / TRAINER_STATE, weights_only=True, map_location=device))
+
+    trial_metrics = TrialMetrics.for_current_trial(study_obj.name)
+
+    def on_epoch(result: EpochResult, trainer: Trainer) -> None:
+        trial_metrics.record_epoch(result.epoch, result.val_accuracy, result.images_per_second)
+        metrics: dict[str, Any] = {
+            "epoch": result.epoch,
+            "max_epochs": max_epochs,
+            "val_accuracy": result.val_accuracy,
+            "train_loss": result.train_loss,
+            "epoch_seconds": result.seconds,
+            "images_per_second": result.images_per_second,
+            **{f"loss/{k}": v for k, v in result.losses.items()},
+            **cost,
+        }
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(trainer.state_dict(), os.path.join(folder, TRAINER_STATE))
+            if result.epoch == max_epochs:
+                student = trainer.distiller.export_student()
+                # Test accuracy is for reporting only; the search never reads it.
+                metrics["test_accuracy"] = evaluate(student, data.test)
+                save_model_dir(
+                    Path(folder) / STUDENT_DIR, student, arch, data.input_shape, data.num_classes,
+                    {"distiller": distiller, "settings": settings, "val_accuracy": result.val_accuracy,
+                     "test_accuracy": metrics["test_accuracy"]},
+                )  # fmt: skip
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    trainer.fit(on_epoch)

@@ -1,0 +1,99 @@
+"""Malformed study files: one line naming file and field, exit code 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nas_kd.cli import main
+from nas_kd.config import StudyError, load_study
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = yaml.safe_load((ROOT / "studies" / "quickstart.yaml").read_text())
+GOOD["search"]["space"] = str(ROOT / "search_spaces" / "resnet.yaml")
+
+
+def write(tmp_path: Path, patch: dict | None = None, text: str | None = None) -> Path:
+    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    data["runs_dir"] = str(tmp_path / "runs")
+    for dotted, value in (patch or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        if value is KeyError:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    path = tmp_path / "study.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump(data))
+    return path
+
+
+CASES = [
+    ({"train.epochs": 0}, "train.epochs", "greater than or equal to 1"),
+    ({"train.epochs": "ten"}, "train.epochs", "valid integer"),
+    ({"train.optimiser": "sgd"}, "train.optimiser", "unknown field"),
+    ({"data.dataset": "imagenet"}, "data.dataset", "unknown dataset"),
+    ({"name": KeyError}, "name", "required"),
+    ({"search.objectives": ["params"]}, "search.objectives", "first objective"),
+    ({"search.objectives": ["val_accuracy", "speed"]}, "search.objectives", "one or two"),
+    ({"search.sampler": "grid"}, "search.sampler", "tpe"),
+    ({"search.space": "nowhere.yaml"}, "search.space", "file not found"),
+    ({"distiller": "magic"}, "distiller.name", "unknown distiller"),
+    ({"distiller": {"name": "offline", "temperature": -1}}, "distiller.temperature", "greater than 0"),
+    ({"distiller": {"name": "offline", "temprature": 2}}, "distiller.temprature", "unknown setting"),
+    ({"distiller": {"name": "offline", "alpha": {"low": 0.5, "high": 2.0}}}, "distiller.alpha", "less than or equal"),
+    ({"teacher.arch_file": "missing.json"}, "teacher", "exactly one"),
+    ({"resources.gpu": -1}, "resources.gpu", "greater than or equal to 0"),
+]
+
+
+@pytest.mark.parametrize(("patch", "field", "message"), CASES)
+def test_invalid_study_names_file_and_field(tmp_path: Path, patch: dict, field: str, message: str) -> None:
+    path = write(tmp_path, patch)
+    with pytest.raises(StudyError) as info:
+        load_study(path)
+    assert info.value.field == field
+    assert message in info.value.message
+    assert str(path) in str(info.value)
+
+
+def test_yaml_syntax_error(tmp_path: Path) -> None:
+    path = write(tmp_path, text="name: [unclosed\n")
+    with pytest.raises(StudyError, match="not valid YAML"):
+        load_study(path)
+
+
+def test_cli_prints_one_line_exit_2_and_writes_nothing(tmp_path: Path) -> None:
+    path = write(tmp_path, {"train.lr": 0})
+    for command in ("validate", "train", "search"):
+        result = subprocess.run(
+            [sys.executable, "-m", "nas_kd.cli", command, str(path)], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.stderr
+        assert lines[0] == f"nas-kd: error: {path}: train.lr: Input should be greater than 0"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_valid_shipped_studies(capsys: pytest.CaptureFixture[str]) -> None:
+    for study in sorted((ROOT / "studies").glob("*.yaml")):
+        assert main(["validate", str(study)]) == 0
+    assert "ok" in capsys.readouterr().out
+
+
+def test_overrides_and_resolved_study_inlines_files(tmp_path: Path) -> None:
+    arch_file = tmp_path / "teacher.json"
+    arch_file.write_text('{"family": "cnn", "stem": 8, "stages": [{"channels": 8, "depth": 1}]}')
+    path = write(tmp_path, {"teacher": {"arch_file": "teacher.json"}})
+    study = load_study(path, {"train.epochs": 3})
+    assert study.train.epochs == 3
+    resolved = study.resolved()
+    assert resolved["teacher"]["arch"]["family"] == "cnn"
+    assert resolved["search"]["space"]["family"] == "resnet"
