@@ -16,5 +16,14 @@ __all__ = [
     "load_student",
     "load_study",
     "measure",
+    "run_study",
 ]
+
+
+def __getattr__(name: str):  # noqa: ANN202 - lazy: importing nas_kd should not import Ray
+    if name == "run_study":
+        from nas_kd.search.runner import run_study
+
+        return run_study
+    raise AttributeError(f"module 'nas_kd' has no attribute {name!r}")
 __version__ = "0.1.0"

@@ -74,6 +74,7 @@ def build_trainer(
         seed,
         study.data.augment,
         cache_dir=cache_root(study.runs_dir),
+        student_arch=arch,
         extra={"study": study},
     )
     wrapper = make_distiller(distiller, settings, student, context)

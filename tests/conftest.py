@@ -16,7 +16,9 @@ QUICKSTART = ROOT / "studies" / "quickstart.yaml"
 
 @pytest.fixture(scope="session", autouse=True)
 def _threads() -> None:
-    torch.set_num_threads(2)
+    # One thread: Ray trial workers run beside the test process on 2 cores, and oversubscribed OpenMP
+    # threads spin-wait each other into 10-100x slowdowns.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ downsamples by ``stride``. A stage dict holds only plain values (it is part of t
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from torch import nn
@@ -56,7 +55,11 @@ def mobilenet_stage(in_channels: int, stage: dict[str, Any], stride: int) -> nn.
         config = InvertedResidualConfig(
             block_in, kernel, block_in * expand, channels, use_se, "RE", stride if i == 0 else 1, 1, 1.0
         )
-        blocks.append(InvertedResidual(config, norm_layer=partial(nn.BatchNorm2d, eps=1e-3, momentum=0.01)))
+        # The config rounds widths to multiples of 8 (an ImageNet width-multiplier rule); a genome's widths
+        # are meant literally, so set them back.
+        config.input_channels, config.expanded_channels, config.out_channels = block_in, block_in * expand, channels
+        # Default batch-norm momentum: MobileNetV3's 0.01 suits long ImageNet runs, not 10-epoch students.
+        blocks.append(InvertedResidual(config, norm_layer=nn.BatchNorm2d))
     return nn.Sequential(*blocks)
 
 

@@ -13,13 +13,14 @@ Each teacher's cached logits are used whenever the batch allows.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
 
-from nas_kd.distill.base import Distiller
+from nas_kd.distill.base import DistillContext, Distiller, Teacher
 from nas_kd.distill.losses import soft_kl
 from nas_kd.distill.registry import register
 
@@ -52,26 +53,30 @@ class MultiTeacher(Distiller):
     Settings = MultiTeacherSettings
     requires_teacher = True
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.steps = 0
+    def __init__(self, student: nn.Module, settings: BaseModel, context: DistillContext):
+        super().__init__(student, settings, context)
+        self.steps = 0  # drives the random draw
 
     def forward_train(
         self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         s, context = self.settings, self.context
-        teachers = context.teachers
-        if s.combine == "random":
-            draw = torch.Generator().manual_seed(context.seed * 1_000_003 + self.steps)
-            teachers = [teachers[int(torch.randint(len(teachers), (1,), generator=draw))]]
-        self.steps += 1
-        teacher_logits = [t.logits(x, index, context.augmented) for t in teachers]
+        teacher_logits = [t.logits(x, index, context.augmented) for t in self.step_teachers()]
         soft = combine_targets(teacher_logits, y, s.temperature, s.combine == "confidence")
         logits = self.student(x)
         return logits, {
             "ce": (1 - s.alpha) * self.cross_entropy(logits, y),
             "kd": s.alpha * soft_kl(logits, soft, s.temperature),
         }
+
+    def step_teachers(self) -> list[Teacher]:
+        """The teachers of the next step: all of them, or (random) one drawn for this step."""
+        teachers = self.context.teachers
+        if self.settings.combine == "random":
+            draw = torch.Generator().manual_seed(self.context.seed * 1_000_003 + self.steps)
+            teachers = [teachers[int(torch.randint(len(teachers), (1,), generator=draw))]]
+        self.steps += 1
+        return teachers
 
     # The step count travels in the state dict (a plain int: no device sync per step).
     def get_extra_state(self) -> dict[str, int]:

@@ -1,0 +1,157 @@
+"""``nas-kd bench distillers [STUDY] --seeds 3 --epochs 10``: every distillation scheme on one fixed student.
+
+Arms (one student, the study's training recipe, the same cached teachers for every arm and seed):
+
+- ``ce``: labels only (the control arm);
+- ``offline-response``: Hinton KD (T = 4, alpha = 0.9);
+- ``offline-feature``: CE + FitNets hints on every paired stage (no response term);
+- ``offline-relation``: CE + RKD distance and angle (no response term);
+- ``online``: deep mutual learning with one peer of the student's architecture;
+- ``self``: Be Your Own Teacher (auxiliary heads, stripped at export);
+- ``assistant``: TAKD with one assistant at the geometric mean of teacher and student sizes;
+- ``multi_teacher``: the mean of the study's teachers' soft targets. A study with one teacher gets a
+  second one, its architecture with the next seed (a seed ensemble), so the arm has something to combine.
+
+The student is the study's ``student``, narrowed (same family and depths) to 1/20 of the teacher's
+parameters if it is larger. Seeds change the student's initialisation and batch order only. Runs go seed
+by seed through all arms, so a slow spell on a shared machine hits every arm alike. "train s" is the
+training loop alone; one-time work (training an assistant or the extra teacher, cached) is not in it.
+
+Default study: studies/fashion_mnist.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from nas_kd.arch import arch_summary, build_model, count_params
+from nas_kd.bench.gpu import markdown
+from nas_kd.config import Study, load_study, parse_override
+from nas_kd.distill.helpers import resize_to_params
+from nas_kd.pipeline import ready_teachers, resolve_device, study_data, train_student
+
+DEFAULT_STUDY = "studies/fashion_mnist.yaml"
+MAX_SHARE = 1 / 20  # the student has at most this share of the teacher's parameters
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    distiller: str
+    settings: dict[str, Any]
+
+
+ARMS = (
+    Arm("ce", "ce", {}),
+    Arm("offline-response", "offline", {}),
+    Arm("offline-feature", "offline", {"response": "none", "feature": "fitnet"}),
+    Arm("offline-relation", "offline", {"response": "none", "relation": "rkd"}),
+    Arm("online", "online", {}),
+    Arm("self", "self", {}),
+    Arm("assistant", "assistant", {}),
+    Arm("multi_teacher", "multi_teacher", {}),
+)
+
+
+def run(args: argparse.Namespace) -> int:
+    study_path = args.study or DEFAULT_STUDY
+    overrides = dict(parse_override(text) for text in args.set or [])
+    if args.epochs:
+        overrides["train.epochs"] = args.epochs
+    study = with_two_teachers(load_study(study_path, overrides))
+    device = resolve_device()
+    data = study_data(study, device)
+    teachers = [cached.as_teacher(device) for cached in ready_teachers(study, data)]
+    arch = bench_student(study, teachers[0].params, data.input_shape, data.num_classes)
+    params = count_params(build_model(arch, data.input_shape, data.num_classes))
+    seeds = [study.seed + i for i in range(args.seeds)]
+    print(f"nas-kd bench distillers: {study_path}, {study.train.epochs} epochs, seeds {seeds}, device {device}")
+    for t in teachers:
+        print(f"  {t.name}: {t.params:,} params, val_accuracy {t.val_accuracy:.4f}")
+    print(f"  student: {arch_summary(arch)}, {params:,} params (1/{teachers[0].params / params:.0f} of the teacher)")
+
+    rows = []
+    for seed in seeds:
+        for arm in ARMS:
+            start = time.perf_counter()
+            result = train_student(study, data, teachers, arch, arm.distiller, arm.settings, seed)
+            train_seconds = sum(epoch.seconds for epoch in result.history)
+            rows.append(
+                {
+                    "arm": arm.name,
+                    "seed": seed,
+                    "val_accuracy": result.val_accuracy,
+                    "test_accuracy": result.test_accuracy,
+                    "train_seconds": train_seconds,
+                    "setup_seconds": time.perf_counter() - start - train_seconds,
+                }
+            )
+            print(
+                f"  {arm.name:<17} seed {seed}: val {result.val_accuracy:.4f} test {result.test_accuracy:.4f} "
+                f"({train_seconds:.1f}s)"
+            )
+    runs = pd.DataFrame(rows)
+    table = summarise(runs)
+    title = f"{study.name}: {arch_summary(arch)} ({params:,} params), {study.train.epochs} epochs, {len(seeds)} seeds"
+    print(f"\n{title}, mean ± std:\n\n{markdown(table)}")
+    if args.out:
+        write_results(Path(args.out), title, table, runs)
+    return 0
+
+
+def with_two_teachers(study: Study) -> Study:
+    """The study, plus its teacher again with the next seed when it has a single teacher."""
+    if len(study.all_teachers()) != 1:
+        return study
+    teacher = study.all_teachers()[0]
+    second = teacher.model_copy(update={"seed": study.teacher_seed(teacher) + 1})
+    return study.model_copy(update={"teachers": [*study.teachers, second]})
+
+
+def bench_student(study: Study, teacher_params: int, input_shape: tuple[int, int, int], classes: int) -> dict:
+    if study.student is None:
+        raise ValueError(f"{study.path}: student: the benchmark needs a student block")
+    arch = study.student.genome()
+    if count_params(build_model(arch, input_shape, classes)) > MAX_SHARE * teacher_params:
+        arch = resize_to_params(arch, MAX_SHARE * teacher_params * 0.9, input_shape, classes)
+    return arch
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per arm: accuracies in percent (mean ± std over seeds), the gain over ce, seconds."""
+    ce_test = runs[runs["arm"] == "ce"]["test_accuracy"].mean()
+    rows = []
+    for arm in ARMS:
+        group = runs[runs["arm"] == arm.name]
+        rows.append(
+            {
+                "arm": arm.name,
+                "settings": ", ".join(f"{k}={v}" for k, v in arm.settings.items()) or "defaults",
+                "val accuracy %": _mean_std(100 * group["val_accuracy"]),
+                "test accuracy %": _mean_std(100 * group["test_accuracy"]),
+                "test vs ce (pp)": f"{100 * (group['test_accuracy'].mean() - ce_test):+.2f}",
+                "train s/run": _mean_std(group["train_seconds"], 1),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _mean_std(values: pd.Series, digits: int = 2) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{values.mean():.{digits}f} ± {spread:.{digits}f}"
+
+
+def write_results(path: Path, title: str, table: pd.DataFrame, runs: pd.DataFrame) -> None:
+    """Markdown (``.md``: the summary, then every run) or CSV (every run)."""
+    if path.suffix == ".md":
+        path.write_text(f"### {title}\n\n{markdown(table)}\n\n### Runs\n\n{markdown(runs)}\n")
+    else:
+        runs.to_csv(path, index=False)
+    print(f"\nwritten to {path}")

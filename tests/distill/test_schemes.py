@@ -1,0 +1,180 @@
+"""What each scheme does beyond the shared conformance suite: settings, helpers, teacher signals."""
+
+from __future__ import annotations
+
+import math
+import threading
+import typing
+from typing import Any
+
+import optuna
+import pytest
+import torch
+
+from nas_kd.arch import build_model, count_params
+from nas_kd.distill import DISTILLERS, DistillerConfigError, make_settings, parse_distiller_space
+from nas_kd.distill.assistant import assistant_params
+from nas_kd.distill.helpers import resize_to_params
+from nas_kd.distill.multi_teacher import combine_targets
+from nas_kd.testing.pytest_distillers import STUDENTS, Environment, roundtrip
+
+SCALARS = (int, float, bool, str)
+
+
+@pytest.mark.parametrize("name", list(DISTILLERS))
+def test_settings_are_flat_described_scalars_with_defaults(name: str) -> None:
+    # Flat scalars are what the study grammar can search (choices, ranges), and what trials.csv records.
+    for field, info in DISTILLERS[name].Settings.model_fields.items():
+        annotation = info.annotation
+        assert annotation in SCALARS or typing.get_origin(annotation) is typing.Literal, field
+        assert not info.is_required(), field
+        assert info.description, field
+
+
+def test_schemes_and_their_settings_are_searchable_from_the_study() -> None:
+    space = parse_distiller_space(
+        {
+            "choices": [
+                "ce",
+                {
+                    "name": "offline",
+                    "feature": {"choices": ["fitnet", "at"]},
+                    "feature_weight": {"low": 0.1, "high": 10.0},
+                },
+                {"name": "online", "peers": {"low": 1, "high": 3}},
+                {"name": "self", "born_again": {"choices": [False, True]}},
+                {"name": "assistant", "assistants": {"low": 1, "high": 2}},
+                {"name": "multi_teacher", "combine": {"choices": ["mean", "confidence", "random"]}},
+            ]
+        }
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        name, settings = space.suggest(trial)
+        make_settings(name, settings)  # every draw is valid
+        assert trial.params["distiller"] == name
+        assert {f"{name}.{key}" for key in settings} <= set(trial.params)
+        if name == "offline":
+            assert settings["feature"] in ("fitnet", "at") and 0.1 <= settings["feature_weight"] <= 10
+        seen.add(name)
+    assert seen == set(space.names)
+
+
+@pytest.mark.parametrize(
+    ("block", "where"),
+    [
+        ({"name": "offline", "feature": "hints"}, ".feature"),
+        ({"name": "online", "peer": "not json"}, ".peer"),
+        ({"name": "multi_teacher", "combine": {"choices": ["mean", "vote"]}}, ".combine"),
+        ({"name": "assistant", "assistants": 0}, ".assistants"),
+    ],
+)
+def test_bad_settings_name_their_field(block: dict[str, Any], where: str) -> None:
+    with pytest.raises(DistillerConfigError) as error:
+        parse_distiller_space(block)
+    assert error.value.where == where
+
+
+def test_assistants_step_geometrically_from_teacher_to_student() -> None:
+    assert assistant_params(1_000_000, 10_000, 1) == pytest.approx([100_000])
+    assert assistant_params(1_000_000, 1_000, 2) == pytest.approx([100_000, 10_000])
+
+
+@pytest.mark.parametrize("family", list(STUDENTS))
+def test_assistant_architecture_keeps_family_and_depths_at_the_target_size(family: str) -> None:
+    student = STUDENTS[family]
+    target = 20 * count_params(build_model(student, (1, 8, 8), 10))
+    arch = resize_to_params(student, target, (1, 8, 8), 10)
+    assert arch["family"] == family
+    assert [s["depth"] for s in arch["stages"]] == [s["depth"] for s in student["stages"]]
+    assert all(s["channels"] % 8 == 0 for s in arch["stages"])
+    assert math.log(count_params(build_model(arch, (1, 8, 8), 10)) / target) == pytest.approx(0, abs=0.35)
+
+
+def test_an_assistant_is_trained_once_when_trials_ask_together(
+    env: Environment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nas_kd.teachers
+
+    calls = []
+    train_plain = nas_kd.teachers.train_plain
+    monkeypatch.setattr(nas_kd.teachers, "train_plain", lambda *a, **k: calls.append(1) or train_plain(*a, **k))
+    settings = {"assistants": 1, "temperature": 2.0}  # the student's settings do not change the assistant
+    trainers: list[Any] = [None, None]
+
+    def build(i: int) -> None:
+        trainers[i] = env.trainer("assistant", settings if i else {}, "cnn")
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1
+    a, b = (t.distiller.teacher for t in trainers)
+    assert torch.equal(a.train_logits, b.train_logits)
+    teacher_params, student_params = (
+        count_params(env.teachers[0].load("cpu")),
+        count_params(trainers[0].distiller.student),
+    )
+    assert student_params < count_params(a.model) < teacher_params
+
+
+def test_born_again_teacher_is_the_students_architecture_trained(env: Environment) -> None:
+    trainer = env.trainer("self", {"born_again": True}, "resnet")
+    teacher = trainer.distiller.born_again_teacher
+    assert teacher.model.state_dict().keys() == trainer.distiller.student.state_dict().keys()
+    assert teacher.val_accuracy > 0.2  # trained, not a fresh copy
+
+
+def test_self_distillation_adds_one_head_per_shallower_stage(env: Environment) -> None:
+    distiller = env.trainer("self", {}, "mobilenet").distiller
+    assert len(distiller.heads) == len(STUDENTS["mobilenet"]["stages"]) - 1
+    _, terms = distiller.forward_train(*env.batch())
+    assert set(terms) == {"ce", "heads_ce", "heads_kl", "heads_hint"}
+
+
+def test_online_peers_are_independent_networks(env: Environment) -> None:
+    distiller = env.trainer("online", {"peers": 2}, "cnn").distiller
+    student, peers = distiller.student, list(distiller.peers)
+    assert len(peers) == 2
+    for peer in peers:
+        assert peer.state_dict().keys() == student.state_dict().keys()
+        assert not torch.equal(peer.head.weight, student.head.weight)  # initialised afresh
+    teacher_peer = env.trainer("online", {"peer": "teacher"}, "cnn").distiller.peers[0]
+    assert len(teacher_peer.stages) == 4  # the study teacher's architecture
+
+
+def test_confidence_weights_each_teacher_by_its_cross_entropy() -> None:
+    # Teacher A says [3/4, 1/4], teacher B [1/4, 3/4]; the label is 0. Weights softmax(-CE) = [3/4, 1/4].
+    a, b = torch.tensor([[math.log(3), 0.0]]), torch.tensor([[0.0, math.log(3)]])
+    target = torch.tensor([0])
+    mixed = combine_targets([a, b], target, 1.0, confidence=True)
+    assert mixed.tolist()[0] == pytest.approx([0.75 * 0.75 + 0.25 * 0.25, 0.75 * 0.25 + 0.25 * 0.75])
+    assert combine_targets([a, b], target, 1.0, confidence=False).tolist()[0] == pytest.approx([0.5, 0.5])
+
+
+def test_random_combination_draws_every_teacher_reproducibly(env: Environment) -> None:
+    def draws(distiller: Any, steps: int) -> list[str]:
+        return [distiller.step_teachers()[0].name for _ in range(steps)]
+
+    first = env.trainer("multi_teacher", {"combine": "random"}, "cnn", seed=0).distiller
+    sequence = draws(first, 12)
+    assert set(sequence) == {t.info["name"] for t in env.teachers}
+    again = env.trainer("multi_teacher", {"combine": "random"}, "cnn", seed=0).distiller
+    again.load_state_dict(roundtrip(first.state_dict()))  # as a resumed run: the stream goes on
+    assert draws(again, 12) == draws(env.trainer("multi_teacher", {"combine": "random"}, "cnn").distiller, 24)[12:]
+    assert draws(env.trainer("multi_teacher", {"combine": "random"}, "cnn", seed=1).distiller, 12) != sequence
+
+
+@pytest.mark.parametrize(("settings", "live"), [({}, False), ({"feature": "at"}, True), ({"relation": "rkd"}, True)])
+def test_the_teacher_runs_only_when_cached_logits_do_not_suffice(
+    env: Environment, settings: dict[str, Any], live: bool
+) -> None:
+    distiller = env.trainer("offline", settings, "cnn").distiller
+    calls = []
+    distiller.teacher.model.stem.register_forward_hook(lambda *args: calls.append(1))
+    distiller.forward_train(*env.batch())
+    assert bool(calls) == live

@@ -1,0 +1,151 @@
+"""End-to-end searches on digits: the run directory, failures, refusal to clobber, SIGKILL + resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import torch
+
+from nas_kd import load_student
+from nas_kd.search.pareto import pareto_mask
+from nas_kd.search.runner import SearchError, run_study
+from tests.conftest import QUICKSTART
+
+SMALL = {
+    "train.epochs": 2,
+    "teacher.train.epochs": 3,
+    "search.trials": 4,
+    "search.max_concurrent": 2,
+}
+
+
+def search(tmp_path: Path, **overrides: object):
+    return run_study(
+        QUICKSTART, runs_dir=tmp_path, cpus=2, dashboard=False, log=lambda _: None, **{**SMALL, **overrides}
+    )
+
+
+def test_search_writes_the_run_directory(tmp_path: Path) -> None:
+    result = search(tmp_path)
+    run_dir = tmp_path / "quickstart"
+    trials = pd.read_csv(run_dir / "trials.csv")
+    assert len(trials) == 4 and (trials["status"] == "COMPLETE").all()
+    assert trials["trial_id"].is_unique and trials["arch"].map(json.loads).map(lambda a: a["family"]).eq("resnet").all()
+
+    # The Pareto set is exactly the non-dominated COMPLETE rows, on validation accuracy and params.
+    values = trials[["val_accuracy", "params"]].to_numpy(float)
+    expected = set(trials.loc[pareto_mask(values, ["maximize", "minimize"]), "trial_id"])
+    assert set(trials.loc[trials["pareto"], "trial_id"]) == expected
+    pareto = json.loads((run_dir / "pareto.json").read_text())
+    assert {m["trial_id"] for m in pareto["members"]} == expected == {m["trial_id"] for m in result.pareto}
+    for member in pareto["members"]:
+        assert member["metrics"]["test_accuracy"] > 0.3
+        student = load_student(member["student_path"])
+        assert not student.training
+        assert sum(p.numel() for p in student.parameters()) == member["metrics"]["params"]
+        assert student(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert sorted(p.name for p in (run_dir / "students").iterdir()) == sorted(expected)
+
+    # Optuna storage: every trial with both objective values, under the run's unique study name.
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["state"] == "finished"
+    stored = optuna.load_study(study_name=run["study_name"], storage=run["storage"])
+    assert len(stored.trials) == 4
+    assert all(t.state == optuna.trial.TrialState.COMPLETE and len(t.values) == 2 for t in stored.trials)
+    for name in ("study.yaml", "curves.csv", "hypervolume.csv", "teachers.json", "report.html"):
+        assert (run_dir / name).stat().st_size > 0
+    hypervolume = pd.read_csv(run_dir / "hypervolume.csv")
+    assert len(hypervolume) == 4 and hypervolume["hypervolume"].is_monotonic_increasing
+    assert hypervolume["student_epochs"].iloc[-1] == 8
+
+    # A second start refuses and touches nothing.
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(SearchError, match="--resume"):
+        search(tmp_path)
+    assert before == {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+
+
+def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path: Path) -> None:
+    # A peer genome of an unknown family passes the study check (it is any JSON object) but cannot be
+    # built: every online trial raises inside the trainable, while the ce trials train normally.
+    broken = {"name": "online", "peer": '{"family": "vgg", "stages": [{"channels": 8, "depth": 1}]}'}
+    search(tmp_path, distiller={"choices": ["ce", broken]}, **{"search.sampler": "random", "search.trials": 6})
+    trials = pd.read_csv(tmp_path / "quickstart" / "trials.csv")
+    assert len(trials) == 6
+    failed = trials[trials["distiller"] == "online"]
+    assert len(failed) > 0 and (failed["status"] == "FAILED").all()
+    assert failed["error"].str.contains("unknown family 'vgg'").all()
+    assert (trials.loc[trials["distiller"] == "ce", "status"] == "COMPLETE").all()
+    assert not failed["pareto"].any()
+
+
+def test_nan_loss_fails_the_trial_not_the_study(tmp_path: Path) -> None:
+    search(tmp_path, **{"train.lr": float("inf"), "search.trials": 2})
+    trials = pd.read_csv(tmp_path / "quickstart" / "trials.csv")
+    assert list(trials["status"]) == ["FAILED", "FAILED"]
+    assert trials["error"].str.contains("TrainingDiverged: training loss is nan").all()
+    assert json.loads((tmp_path / "quickstart" / "run.json").read_text())["state"] == "finished"
+
+
+def test_constraint_rejects_before_training(tmp_path: Path) -> None:
+    search(tmp_path, **{"search.constraints": {"max_params": 60000}, "search.trials": 6})
+    trials = pd.read_csv(tmp_path / "quickstart" / "trials.csv")
+    rejected = trials[trials["status"] == "REJECTED"]
+    assert (trials["params"] > 60000).eq(trials["status"] == "REJECTED").all()
+    assert (rejected["epochs"] == 0).all() and rejected["error"].str.contains("max_params").all()
+    assert not os.path.exists(tmp_path / "quickstart" / "curves.csv") or not set(rejected["trial_id"]) & set(
+        pd.read_csv(tmp_path / "quickstart" / "curves.csv")["trial_id"]
+    )
+
+
+def _cli(tmp_path: Path, *extra: str) -> subprocess.Popen:
+    overrides = [
+        f"--set={k}={json.dumps(v)}" for k, v in {**SMALL, "train.epochs": 4, "search.max_concurrent": 1}.items()
+    ]
+    command = [sys.executable, "-m", "nas_kd.cli", "search", str(QUICKSTART), "--runs-dir", str(tmp_path),
+               "--no-dashboard", *overrides, *extra]  # fmt: skip
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+
+
+def test_sigkill_then_resume_finishes_exactly_the_trials_asked_for(tmp_path: Path) -> None:
+    driver = _cli(tmp_path)
+    trials_csv = tmp_path / "quickstart" / "trials.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill once a trial finished and the next one is mid-way
+        if trials_csv.exists():
+            trials = pd.read_csv(trials_csv)
+            running = trials[(trials["status"] == "RUNNING") & (trials["epochs"] >= 1)]
+            if (trials["status"] == "COMPLETE").sum() >= 1 and len(running):
+                break
+        time.sleep(0.2)
+    else:
+        driver.kill()
+        pytest.fail(f"the search never got part-way: {driver.communicate()[0][-2000:]}")
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    driver.wait()
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
+    assert json.loads((tmp_path / "quickstart" / "run.json").read_text())["state"] == "running"
+
+    resumed = _cli(tmp_path, "--resume")
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output[-3000:]
+    trials = pd.read_csv(trials_csv)
+    assert len(trials) == 4 and (trials["status"] == "COMPLETE").all(), output[-3000:]
+    assert (trials["epochs"] == 4).all()
+    curves = pd.read_csv(tmp_path / "quickstart" / "curves.csv")
+    assert not curves.duplicated(["trial_id", "epoch"]).any()  # no epoch trained twice
+    assert sorted(curves.groupby("trial_id")["epoch"].apply(list).map(len)) == [4, 4, 4, 4]
+    assert json.loads((tmp_path / "quickstart" / "run.json").read_text())["state"] == "finished"
+    assert np.isfinite(trials["val_accuracy"]).all()
