@@ -128,6 +128,7 @@ class RunDirectory(tune.Callback):
             }
         )
         write_table(self.run_dir / "curves.csv", self.curves, CURVE_COLUMNS)
+        self._write_trials()  # trials.csv shows running trials' progress too
         self.log(
             f"[{self.wall_seconds():6.0f}s] {trial.trial_id}  epoch {epoch:>3}/{self.max_epochs}  "
             f"val_accuracy {row.get('val_accuracy', 0):.4f}  params {int(row.get('params', 0)):>9,}  "
@@ -225,9 +226,12 @@ class RunDirectory(tune.Callback):
             )
         return sorted(members, key=lambda m: m["metrics"].get(self.objectives[1], 0))
 
-    def _write(self) -> None:
+    def _write_trials(self) -> None:
         rows = sorted(self.rows.values(), key=lambda r: (r.get("number") is None, r.get("number"), r["trial_id"]))
         write_table(self.run_dir / "trials.csv", rows, TRIAL_COLUMNS)
+
+    def _write(self) -> None:
+        self._write_trials()
         reference = self.hypervolume_fn.reference_point() if self.hypervolume_fn else None
         write_json(
             self.run_dir / "pareto.json",

@@ -108,9 +108,12 @@ def test_constraint_rejects_before_training(tmp_path: Path) -> None:
     )
 
 
+EPOCHS = 16  # long enough trials to be caught mid-way
+
+
 def _cli(tmp_path: Path, *extra: str) -> subprocess.Popen:
     overrides = [
-        f"--set={k}={json.dumps(v)}" for k, v in {**SMALL, "train.epochs": 4, "search.max_concurrent": 1}.items()
+        f"--set={k}={json.dumps(v)}" for k, v in {**SMALL, "train.epochs": EPOCHS, "search.max_concurrent": 1}.items()
     ]
     command = [sys.executable, "-m", "nas_kd.cli", "search", str(QUICKSTART), "--runs-dir", str(tmp_path),
                "--no-dashboard", *overrides, *extra]  # fmt: skip
@@ -123,13 +126,13 @@ def test_sigkill_then_resume_finishes_exactly_the_trials_asked_for(tmp_path: Pat
     driver = _cli(tmp_path)
     trials_csv = tmp_path / "quickstart" / "trials.csv"
     deadline = time.time() + 300
-    while time.time() < deadline:  # kill once a trial finished and the next one is mid-way
+    while time.time() < deadline and driver.poll() is None:  # kill once a trial finished, the next mid-way
         if trials_csv.exists():
             trials = pd.read_csv(trials_csv)
             running = trials[(trials["status"] == "RUNNING") & (trials["epochs"] >= 1)]
             if (trials["status"] == "COMPLETE").sum() >= 1 and len(running):
                 break
-        time.sleep(0.2)
+        time.sleep(0.05)
     else:
         driver.kill()
         pytest.fail(f"the search never got part-way: {driver.communicate()[0][-2000:]}")
@@ -143,9 +146,9 @@ def test_sigkill_then_resume_finishes_exactly_the_trials_asked_for(tmp_path: Pat
     assert resumed.returncode == 0, output[-3000:]
     trials = pd.read_csv(trials_csv)
     assert len(trials) == 4 and (trials["status"] == "COMPLETE").all(), output[-3000:]
-    assert (trials["epochs"] == 4).all()
+    assert (trials["epochs"] == EPOCHS).all()
     curves = pd.read_csv(tmp_path / "quickstart" / "curves.csv")
     assert not curves.duplicated(["trial_id", "epoch"]).any()  # no epoch trained twice
-    assert sorted(curves.groupby("trial_id")["epoch"].apply(list).map(len)) == [4, 4, 4, 4]
+    assert (curves.groupby("trial_id")["epoch"].nunique() == EPOCHS).all()
     assert json.loads((tmp_path / "quickstart" / "run.json").read_text())["state"] == "finished"
     assert np.isfinite(trials["val_accuracy"]).all()
