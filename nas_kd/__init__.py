@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # noqa: ANN202 - lazy: importing nas_kd should not import Ray
+def __getattr__(name: str) -> object:  # lazy: importing nas_kd should not import Ray
     if name == "run_study":
         from nas_kd.search.runner import run_study
 
