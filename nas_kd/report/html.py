@@ -200,8 +200,13 @@ def _fmt(value: float, spec: str) -> str:
 def _load_cell(path: str) -> str:
     if not path:
         return '<span class="muted">not saved yet (students are saved when the study finishes)</span>'
-    code = f"<code>nas_kd.load_student({html.escape(json.dumps(path))})</code>"
-    return code if Path(path).exists() else f'{code} <span class="muted">(folder not found)</span>'
+    folder = Path(path)
+    export = f"nas-kd export {folder.parent.parent} {folder.name} --out {folder.name}-student"
+    code = (
+        f"<code>nas_kd.load_student({html.escape(json.dumps(path))})</code><br>"
+        f"<code>{html.escape(export)}</code>"
+    )
+    return code if folder.exists() else f'{code} <span class="muted">(folder not found)</span>'
 
 
 def _summary(run: RunData) -> str:
