@@ -26,4 +26,6 @@ def __getattr__(name: str) -> object:  # lazy: importing nas_kd should not impor
 
         return run_study
     raise AttributeError(f"module 'nas_kd' has no attribute {name!r}")
+
+
 __version__ = "0.1.0"

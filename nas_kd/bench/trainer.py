@@ -51,7 +51,7 @@ def minimal_loop(study, data: Dataset, arch: dict, seed: int) -> Callable[[], fl
             loss.backward()
             optimizer.step()
             schedule.step()
-        float(loss)  # one sync, as the trainer does
+        float(loss.detach())  # one sync, as the trainer does
         return time.perf_counter() - start
 
     return epoch

@@ -202,10 +202,7 @@ def _load_cell(path: str) -> str:
         return '<span class="muted">not saved yet (students are saved when the study finishes)</span>'
     folder = Path(path)
     export = f"nas-kd export {folder.parent.parent} {folder.name} --out {folder.name}-student"
-    code = (
-        f"<code>nas_kd.load_student({html.escape(json.dumps(path))})</code><br>"
-        f"<code>{html.escape(export)}</code>"
-    )
+    code = f"<code>nas_kd.load_student({html.escape(json.dumps(path))})</code><br><code>{html.escape(export)}</code>"
     return code if folder.exists() else f'{code} <span class="muted">(folder not found)</span>'
 
 
