@@ -9,9 +9,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from wsgiref.util import setup_testing_defaults
 
 import numpy as np
 import optuna
+import optuna_dashboard
 import pandas as pd
 import pytest
 import torch
@@ -62,6 +64,7 @@ def test_search_writes_the_run_directory(tmp_path: Path) -> None:
     stored = optuna.load_study(study_name=run["study_name"], storage=run["storage"])
     assert len(stored.trials) == 4
     assert all(t.state == optuna.trial.TrialState.COMPLETE and len(t.values) == 2 for t in stored.trials)
+    assert_optuna_dashboard_lists(run["storage"], run["study_name"], expected_trials=4)
     for name in ("study.yaml", "curves.csv", "hypervolume.csv", "teachers.json", "report.html"):
         assert (run_dir / name).stat().st_size > 0
     hypervolume = pd.read_csv(run_dir / "hypervolume.csv")
@@ -73,6 +76,26 @@ def test_search_writes_the_run_directory(tmp_path: Path) -> None:
     with pytest.raises(SearchError, match="--resume"):
         search(tmp_path)
     assert before == {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+
+
+def wsgi_get(app: object, path: str) -> object:
+    environ: dict = {"REQUEST_METHOD": "GET", "PATH_INFO": path}
+    setup_testing_defaults(environ)
+    status: list[str] = []
+    body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))  # type: ignore[operator]
+    assert status[0].startswith("200"), status
+    return json.loads(body)
+
+
+def assert_optuna_dashboard_lists(storage: str, study_name: str, expected_trials: int) -> None:
+    """optuna-dashboard's own API, served from the run's storage, lists every trial with both values."""
+    app = optuna_dashboard.wsgi(storage)
+    studies = wsgi_get(app, "/api/studies")["study_summaries"]
+    (summary,) = [s for s in studies if s["study_name"] == study_name]
+    detail = wsgi_get(app, f"/api/studies/{summary['study_id']}")
+    assert len(detail["trials"]) == expected_trials
+    complete = [t for t in detail["trials"] if t["state"] == "Complete"]
+    assert complete and all(len(t["values"]) == 2 for t in complete)
 
 
 def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path: Path) -> None:
