@@ -8,13 +8,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from nas_kd.arch import Cost, build_model, measure
-from nas_kd.config import Study
+from nas_kd.config import Study, TrainConfig
 from nas_kd.data import Dataset, load_dataset
 from nas_kd.distill import DistillContext, Teacher, make_distiller, parse_distiller_space
 from nas_kd.teachers import CachedModel, cache_root, prepare_teachers
@@ -52,6 +53,31 @@ class StudentResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def make_trainer(
+    arch: dict[str, Any],
+    data: Dataset,
+    cfg: TrainConfig,
+    seed: int,
+    augment: bool,
+    distiller: str = "ce",
+    settings: dict[str, Any] | None = None,
+    teachers: list[Teacher] | None = None,
+    cache_dir: Path | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Trainer:
+    """A fresh student of ``arch`` wrapped in ``distiller``, ready to train: students, teachers and
+    assistants are all built here."""
+    device = data.train.x.device
+    torch.manual_seed(seed)
+    student = build_model(arch, data.input_shape, data.num_classes).to(device)
+    if device.type == "cuda":
+        student = student.to(memory_format=torch.channels_last)
+    context = DistillContext(
+        data, cfg, teachers or [], device, seed, augment, cache_dir=cache_dir, student_arch=arch, extra=extra or {}
+    )
+    return Trainer(make_distiller(distiller, settings or {}, student, context), data, cfg, seed, augment)
+
+
 def build_trainer(
     study: Study,
     data: Dataset,
@@ -61,24 +87,11 @@ def build_trainer(
     settings: dict[str, Any],
     seed: int,
 ) -> Trainer:
-    device = data.train.x.device
-    torch.manual_seed(seed)
-    student = build_model(arch, data.input_shape, data.num_classes).to(device)
-    if device.type == "cuda":
-        student = student.to(memory_format=torch.channels_last)
-    context = DistillContext(
-        data,
-        study.train,
-        teachers,
-        device,
-        seed,
-        study.data.augment,
-        cache_dir=cache_root(study.runs_dir),
-        student_arch=arch,
-        extra={"study": study},
-    )
-    wrapper = make_distiller(distiller, settings, student, context)
-    return Trainer(wrapper, data, study.train, seed, study.data.augment)
+    """``make_trainer`` with the study's recipe, augmentation and cache."""
+    return make_trainer(
+        arch, data, study.train, seed, study.data.augment, distiller, settings, teachers,
+        cache_root(study.runs_dir), {"study": study},
+    )  # fmt: skip
 
 
 def train_student(

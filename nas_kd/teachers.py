@@ -118,17 +118,13 @@ def train_plain(
     log: Callable[[str], None] = print,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``arch`` from scratch with a distiller; returns the model and its accuracies."""
-    from nas_kd.distill import DistillContext, make_distiller
-    from nas_kd.train import Trainer, evaluate
+    from nas_kd.pipeline import make_trainer  # pipeline builds on this module
+    from nas_kd.train import evaluate
 
-    torch.manual_seed(seed)
-    model = build_model(arch, data.input_shape, data.num_classes).to(data.train.x.device)
-    context = DistillContext(data, cfg, teachers or [], data.train.x.device, seed, augment_data, student_arch=arch)
-    wrapper = make_distiller(distiller, settings or {}, model, context)
-    trainer = Trainer(wrapper, data, cfg, seed, augment_data)
+    trainer = make_trainer(arch, data, cfg, seed, augment_data, distiller, settings, teachers)
     for result in trainer.fit():
         log(f"  epoch {result.epoch}/{cfg.epochs} val_accuracy {result.val_accuracy:.4f} ({result.seconds:.1f}s)")
-    student = wrapper.export_student()
+    student = trainer.distiller.export_student()
     return student, {
         "val_accuracy": evaluate(student, data.val),
         "test_accuracy": evaluate(student, data.test),
