@@ -21,7 +21,7 @@ import torch
 import yaml
 from ray import tune
 
-from nas_kd.config import Study, load_study
+from nas_kd.config import Study, load_study, study_from_dict
 from nas_kd.distill import parse_distiller_space
 from nas_kd.pipeline import ready_teachers, study_data
 from nas_kd.results import read_json, read_trials, write_json
@@ -210,6 +210,10 @@ def run_study(
         study = study.model_copy(update={"runs_dir": str(Path(runs_dir).resolve())})
     run_dir = run_dir_of(study)
     run = _prepare_run_dir(study, run_dir, resume, fresh)
+    if resume:  # continue exactly the study that was started (overrides and files as they were then)
+        source = study.path
+        study = study_from_dict(yaml.safe_load((run_dir / "study.yaml").read_text()), run_dir / "study.yaml")
+        study.path = source
     from nas_kd.search.schedulers import make_scheduler
 
     started_ray = not ray.is_initialized()
@@ -258,7 +262,7 @@ def run_study(
                     verbose=0,
                 ),
             )
-        log(f"searching {study.search.trials} trials of {study.name} -> {run_dir}")
+        log(f"searching {study.search.trials} trials x {study.train.epochs} epochs of {study.name} -> {run_dir}")
         tuner.fit()
     finally:
         if started_ray:
@@ -295,7 +299,7 @@ def _finish(study: Study, run_dir: Path, report: bool, log: Any) -> SearchResult
             f"params {int(m.get('params', 0)):>9,}  {member['distiller']:<13} {member['arch_summary']}"
         )
     if run["state"] == "interrupted":
-        log(f"resume with: nas-kd search {study.path} --resume")
+        log(f"resume with: nas-kd search {study.path} --resume --runs-dir {run_dir.parent}")
     if report_path:
         log(f"report: {report_path}")
     return SearchResult(run_dir, trials, pareto, report_path)

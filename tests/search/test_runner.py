@@ -135,18 +135,16 @@ EPOCHS = 16  # long enough trials to be caught mid-way
 
 
 def _cli(tmp_path: Path, *extra: str) -> subprocess.Popen:
-    overrides = [
-        f"--set={k}={json.dumps(v)}" for k, v in {**SMALL, "train.epochs": EPOCHS, "search.max_concurrent": 1}.items()
-    ]
     command = [sys.executable, "-m", "nas_kd.cli", "search", str(QUICKSTART), "--runs-dir", str(tmp_path),
-               "--no-dashboard", *overrides, *extra]  # fmt: skip
+               "--no-dashboard", *extra]  # fmt: skip
     return subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
 
 
 def test_sigkill_then_resume_finishes_exactly_the_trials_asked_for(tmp_path: Path) -> None:
-    driver = _cli(tmp_path)
+    settings = {**SMALL, "train.epochs": EPOCHS, "search.max_concurrent": 1}
+    driver = _cli(tmp_path, *(f"--set={k}={json.dumps(v)}" for k, v in settings.items()))
     trials_csv = tmp_path / "quickstart" / "trials.csv"
     deadline = time.time() + 300
     while time.time() < deadline and driver.poll() is None:  # kill once a trial finished, the next mid-way
@@ -164,7 +162,7 @@ def test_sigkill_then_resume_finishes_exactly_the_trials_asked_for(tmp_path: Pat
     subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
     assert json.loads((tmp_path / "quickstart" / "run.json").read_text())["state"] == "running"
 
-    resumed = _cli(tmp_path, "--resume")
+    resumed = _cli(tmp_path, "--resume")  # no overrides: --resume continues the study as it was started
     output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output[-3000:]
     trials = pd.read_csv(trials_csv)
