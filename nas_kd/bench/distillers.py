@@ -65,7 +65,10 @@ def run(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(text) for text in args.set or [])
     if args.epochs:
         overrides["train.epochs"] = args.epochs
-    study = with_two_teachers(load_study(study_path, overrides))
+    arms = select_arms(getattr(args, "arms", None))
+    study = load_study(study_path, overrides)
+    if any(arm.distiller == "multi_teacher" for arm in arms):
+        study = with_two_teachers(study)
     device = resolve_device()
     data = study_data(study, device)
     teachers = [cached.as_teacher(device) for cached in ready_teachers(study, data)]
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     rows = []
     for seed in seeds:
-        for arm in ARMS:
+        for arm in arms:
             start = time.perf_counter()
             result = train_student(study, data, teachers, arch, arm.distiller, arm.settings, seed)
             train_seconds = sum(epoch.seconds for epoch in result.history)
@@ -106,6 +109,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def select_arms(names: str | None) -> list[Arm]:
+    """``--arms ce,offline-response``: a subset, in the canonical order (all arms by default)."""
+    if not names:
+        return list(ARMS)
+    wanted = {name.strip() for name in names.split(",")}
+    unknown = wanted - {arm.name for arm in ARMS}
+    if unknown:
+        raise ValueError(f"--arms: unknown {sorted(unknown)}; choose from {', '.join(a.name for a in ARMS)}")
+    return [arm for arm in ARMS if arm.name in wanted]
+
+
 def with_two_teachers(study: Study) -> Study:
     """The study, plus its teacher again with the next seed when it has a single teacher."""
     if len(study.all_teachers()) != 1:
@@ -130,6 +144,8 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for arm in ARMS:
         group = runs[runs["arm"] == arm.name]
+        if group.empty:
+            continue
         rows.append(
             {
                 "arm": arm.name,
