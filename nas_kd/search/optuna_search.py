@@ -85,6 +85,12 @@ class PruningAwareOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)  # logs the duplicate, tells nothing
         ot_trial = self._ot_trials[trial_id]
+        stored = self._ot_study._storage.get_trial(ot_trial._trial_id)
+        if stored.state.is_finished():
+            # Told before a driver crash that the searcher checkpoint missed: the storage already has the
+            # truth, and telling twice would raise (UpdateFinishedTrialError) and stop a resumed study.
+            self._completed_trials.add(trial_id)
+            return None
         state, values = self._outcome(ot_trial, result or last or {}, error)
         try:
             self._ot_study.tell(ot_trial, values, state=state)

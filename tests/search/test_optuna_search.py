@@ -3,6 +3,7 @@ Pareto successive halving that is then restored."""
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,6 +68,20 @@ def test_tells_complete_pruned_and_failed(journal: optuna.storages.JournalStorag
     assert b.user_attrs == {"epochs": 1, "partial_val_accuracy": 0.2, "partial_params": 16_000}
     assert d.user_attrs["rejected"] == "too big" and d.constraints["params"] > 0
     assert [t.number for t in stored_study(journal).best_trials] == [0]
+
+
+def test_a_trial_told_before_a_crash_is_not_told_again(journal: optuna.storages.JournalStorage) -> None:
+    # The driver told Optuna, then died before the searcher's checkpoint recorded it; the resumed
+    # searcher (restored from that older checkpoint) sees the trial complete once more.
+    searcher = make_searcher(journal)
+    searcher.suggest("a")
+    stale = pickle.loads(pickle.dumps(searcher.__dict__))
+    searcher.on_trial_complete("a", {"epoch": 4, "val_accuracy": 0.9, "params": 8_000})
+    resumed = PruningAwareOptunaSearch(max_epochs=TOY_EPOCHS)
+    resumed.__dict__.update(stale)
+    resumed.on_trial_complete("a", {"epoch": 4, "val_accuracy": 0.5, "params": 8_000})
+    (a,) = stored_study(journal).trials
+    assert a.state == TrialState.COMPLETE and a.values == [0.9, 8_000]
 
 
 def test_checkpoint_round_trip(journal: optuna.storages.JournalStorage, tmp_path: Path) -> None:
