@@ -269,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, help="student-epoch budget per arm (search)")
     p.add_argument("--arms", help="comma-separated subset of arms (distillers), e.g. ce,offline-response")
     p.add_argument("--out", help="write the table as CSV/Markdown here too")
+    p.add_argument(
+        "--from-runs", nargs="+", metavar="CSV", help="distillers: rebuild the table from --out CSVs, without training"
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     return parser
 
@@ -288,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         from nas_kd.report import ReportError
 
         user_errors += (ReportError,)
+    if args.command == "bench":
+        from nas_kd.bench import BenchError
+
+        user_errors += (BenchError,)
     try:
         return COMMANDS[args.command](args)
     except user_errors as error:

@@ -8,6 +8,11 @@ from __future__ import annotations
 import argparse
 import importlib
 
+
+class BenchError(Exception):
+    """Bad benchmark input (unknown arm, missing student block, unreadable runs): one line, exit code 2."""
+
+
 BENCHMARKS = {
     "trainer": "nas_kd.bench.trainer",
     "distillers": "nas_kd.bench.distillers",

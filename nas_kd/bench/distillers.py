@@ -17,6 +17,10 @@ parameters if it is larger. Seeds change the student's initialisation and batch 
 by seed through all arms, so a slow spell on a shared machine hits every arm alike. "train s" is the
 training loop alone; one-time work (training an assistant or the extra teacher, cached) is not in it.
 
+A long run can go in pieces: ``--arms ce,online --out a.csv``, ``--arms self --out b.csv``, then
+``--from-runs a.csv b.csv`` prints the one table (training on CPU is deterministic for a seed, so the
+pieces give the numbers the single command would).
+
 Default study: studies/fashion_mnist.yaml.
 """
 
@@ -32,6 +36,7 @@ from typing import Any
 import pandas as pd
 
 from nas_kd.arch import arch_summary, build_model, count_params
+from nas_kd.bench import BenchError
 from nas_kd.bench.gpu import markdown
 from nas_kd.config import Study, load_study, parse_override
 from nas_kd.distill.helpers import resize_to_params
@@ -39,6 +44,8 @@ from nas_kd.pipeline import ready_teachers, resolve_device, study_data, train_st
 
 DEFAULT_STUDY = "studies/fashion_mnist.yaml"
 MAX_SHARE = 1 / 20  # the student has at most this share of the teacher's parameters
+SETUP_COLUMNS = ("study", "student", "params", "epochs")
+RUN_COLUMNS = ("arm", "seed", "val_accuracy", "test_accuracy", "train_seconds", *SETUP_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -61,11 +68,22 @@ ARMS = (
 
 
 def run(args: argparse.Namespace) -> int:
+    runs = read_runs(args.from_runs) if args.from_runs else measure(args)
+    table = summarise(runs)
+    title = describe(runs)
+    print(f"\n{title}, mean ± std:\n\n{markdown(table)}")
+    if args.out:
+        write_results(Path(args.out), title, table, runs)
+    return 0
+
+
+def measure(args: argparse.Namespace) -> pd.DataFrame:
+    """Train every selected arm for every seed; one row per run."""
     study_path = args.study or DEFAULT_STUDY
     overrides = dict(parse_override(text) for text in args.set or [])
     if args.epochs:
         overrides["train.epochs"] = args.epochs
-    arms = select_arms(getattr(args, "arms", None))
+    arms = select_arms(args.arms)
     study = load_study(study_path, overrides)
     if any(arm.distiller == "multi_teacher" for arm in arms):
         study = with_two_teachers(study)
@@ -80,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {t.name}: {t.params:,} params, val_accuracy {t.val_accuracy:.4f}")
     print(f"  student: {arch_summary(arch)}, {params:,} params (1/{teachers[0].params / params:.0f} of the teacher)")
 
+    setup = {"study": study.name, "student": arch_summary(arch), "params": params, "epochs": study.train.epochs}
     rows = []
     for seed in seeds:
         for arm in arms:
@@ -94,19 +113,50 @@ def run(args: argparse.Namespace) -> int:
                     "test_accuracy": result.test_accuracy,
                     "train_seconds": train_seconds,
                     "setup_seconds": time.perf_counter() - start - train_seconds,
+                    **setup,
                 }
             )
             print(
                 f"  {arm.name:<17} seed {seed}: val {result.val_accuracy:.4f} test {result.test_accuracy:.4f} "
                 f"({train_seconds:.1f}s)"
             )
-    runs = pd.DataFrame(rows)
-    table = summarise(runs)
-    title = f"{study.name}: {arch_summary(arch)} ({params:,} params), {study.train.epochs} epochs, {len(seeds)} seeds"
-    print(f"\n{title}, mean ± std:\n\n{markdown(table)}")
-    if args.out:
-        write_results(Path(args.out), title, table, runs)
-    return 0
+    return pd.DataFrame(rows)
+
+
+def read_runs(paths: list[str]) -> pd.DataFrame:
+    """``--from-runs a.csv b.csv``: the runs that earlier ``--arms ... --out X.csv`` calls wrote, as one table.
+
+    A long benchmark can so run in pieces; the pieces must share the study, student and epochs, and no
+    (arm, seed) may appear twice.
+    """
+    frames = []
+    for path in paths:
+        try:
+            frame = pd.read_csv(path)
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+            raise BenchError(f"{path}: cannot read the runs: {error}") from None
+        missing = sorted(set(RUN_COLUMNS) - set(frame.columns))
+        if missing:
+            raise BenchError(f"{path}: not a runs CSV of this benchmark (missing {', '.join(missing)})")
+        frames.append(frame)
+    runs = pd.concat(frames, ignore_index=True)
+    for column in SETUP_COLUMNS:
+        if runs[column].nunique() > 1:
+            raise BenchError(f"{', '.join(paths)}: {column}: the pieces differ ({sorted(runs[column].unique())})")
+    repeated = runs[runs.duplicated(["arm", "seed"])]
+    if not repeated.empty:
+        first = repeated.iloc[0]
+        raise BenchError(f"{', '.join(paths)}: arm {first['arm']} seed {first['seed']} appears more than once")
+    unknown = set(runs["arm"]) - {arm.name for arm in ARMS}
+    if unknown:
+        raise BenchError(f"{', '.join(paths)}: arm: unknown {sorted(unknown)}")
+    return runs
+
+
+def describe(runs: pd.DataFrame) -> str:
+    first = runs.iloc[0]
+    seeds = runs["seed"].nunique()
+    return f"{first['study']}: {first['student']} ({first['params']:,} params), {first['epochs']} epochs, {seeds} seeds"
 
 
 def select_arms(names: str | None) -> list[Arm]:
@@ -116,7 +166,7 @@ def select_arms(names: str | None) -> list[Arm]:
     wanted = {name.strip() for name in names.split(",")}
     unknown = wanted - {arm.name for arm in ARMS}
     if unknown:
-        raise ValueError(f"--arms: unknown {sorted(unknown)}; choose from {', '.join(a.name for a in ARMS)}")
+        raise BenchError(f"--arms: unknown {sorted(unknown)}; choose from {', '.join(a.name for a in ARMS)}")
     return [arm for arm in ARMS if arm.name in wanted]
 
 
@@ -131,7 +181,7 @@ def with_two_teachers(study: Study) -> Study:
 
 def bench_student(study: Study, teacher_params: int, input_shape: tuple[int, int, int], classes: int) -> dict:
     if study.student is None:
-        raise ValueError(f"{study.path}: student: the benchmark needs a student block")
+        raise BenchError(f"{study.path}: student: the benchmark needs a student block")
     arch = study.student.genome()
     if count_params(build_model(arch, input_shape, classes)) > MAX_SHARE * teacher_params:
         arch = resize_to_params(arch, MAX_SHARE * teacher_params * 0.9, input_shape, classes)
@@ -165,9 +215,11 @@ def _mean_std(values: pd.Series, digits: int = 2) -> str:
 
 
 def write_results(path: Path, title: str, table: pd.DataFrame, runs: pd.DataFrame) -> None:
-    """Markdown (``.md``: the summary, then every run) or CSV (every run)."""
+    """Markdown (``.md``: the summary, then every run) or CSV (every run, readable by ``--from-runs``)."""
     if path.suffix == ".md":
-        path.write_text(f"### {title}\n\n{markdown(table)}\n\n### Runs\n\n{markdown(runs)}\n")
+        accuracies = {column: runs[column].map("{:.4f}".format) for column in ("val_accuracy", "test_accuracy")}
+        listed = runs.assign(**accuracies).drop(columns=list(SETUP_COLUMNS))
+        path.write_text(f"### {title}\n\n{markdown(table)}\n\n### Runs\n\n{markdown(listed)}\n")
     else:
         runs.to_csv(path, index=False)
     print(f"\nwritten to {path}")

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 import nas_kd.train
+from nas_kd.bench import BenchError
 from nas_kd.config import Study, load_study, parse_override
 from nas_kd.pipeline import build_trainer, ready_teachers, study_data
 from nas_kd.train import Trainer
@@ -89,7 +90,7 @@ def search_arm(study_path: str, overrides: dict[str, Any], name: str, share: flo
 def throughput(study: Study) -> pd.DataFrame:
     """images/s of the study's student trained with plain cross-entropy (the loop alone, no teacher)."""
     if study.student is None:
-        raise SystemExit(f"nas-kd bench gpu: {study.path}: the study needs a student block for the throughput test")
+        raise BenchError(f"{study.path}: student: the throughput test needs a student block")
     data = study_data(study, torch.device("cuda"))
     rows = []
     for label, fast in (("fp32, default memory format", False), ("bf16 autocast + channels_last", True)):
