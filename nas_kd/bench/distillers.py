@@ -10,7 +10,7 @@ Arms (one student, the study's training recipe, the same cached teachers for eve
 - ``self``: Be Your Own Teacher (auxiliary heads, stripped at export);
 - ``assistant``: TAKD with one assistant at the geometric mean of teacher and student sizes;
 - ``multi_teacher``: the mean of the study's teachers' soft targets. A study with one teacher gets a
-  second one, its architecture with the next seed (a seed ensemble), so the arm has something to combine.
+  second one, so the arm has something to combine: the teacher at half its width with the next seed.
 
 The student is the study's ``student``, narrowed (same family and depths) to 1/20 of the teacher's
 parameters if it is larger. Seeds change the student's initialisation and batch order only. Runs go seed
@@ -39,7 +39,7 @@ from nas_kd.arch import arch_summary, build_model, count_params
 from nas_kd.bench import BenchError
 from nas_kd.bench.gpu import markdown
 from nas_kd.config import Study, load_study, parse_override
-from nas_kd.distill.helpers import resize_to_params
+from nas_kd.distill.helpers import resize_to_params, scale_width
 from nas_kd.pipeline import ready_teachers, resolve_device, study_data, train_student
 
 DEFAULT_STUDY = "studies/fashion_mnist.yaml"
@@ -171,11 +171,19 @@ def select_arms(names: str | None) -> list[Arm]:
 
 
 def with_two_teachers(study: Study) -> Study:
-    """The study, plus its teacher again with the next seed when it has a single teacher."""
+    """The study, plus a second teacher when it has a single one.
+
+    The second is the teacher at half its width (about a quarter of its parameters and of its training
+    compute) with the next seed, so the ensemble mixes sizes and initialisations. A torchvision teacher
+    cannot be narrowed; its second is a copy with the next seed.
+    """
     if len(study.all_teachers()) != 1:
         return study
     teacher = study.all_teachers()[0]
-    second = teacher.model_copy(update={"seed": study.teacher_seed(teacher) + 1})
+    update: dict[str, Any] = {"seed": study.teacher_seed(teacher) + 1}
+    if "torchvision" not in teacher.genome():
+        update |= {"arch": scale_width(teacher.genome(), 0.5), "arch_file": None}
+    second = teacher.model_copy(update=update)
     return study.model_copy(update={"teachers": [*study.teachers, second]})
 
 
