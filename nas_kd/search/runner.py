@@ -7,9 +7,13 @@ scheduler) -> run directory kept current by ``RunDirectory`` -> report.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,9 +79,11 @@ def make_sampler(study: Study) -> optuna.samplers.BaseSampler:
     if study.search.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=min(50, max(4, trials // 3)))
     # multivariate+group handle the conditional (per-stage) parameters; constant_liar spreads parallel asks.
-    return optuna.samplers.TPESampler(
-        seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=max(4, trials // 4)
-    )
+    with warnings.catch_warnings():  # both are "experimental" in Optuna; we rely on them knowingly
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=max(4, trials // 4)
+        )
 
 
 def optuna_storage_url(run_dir: Path) -> str:
@@ -238,36 +244,61 @@ def run_study(
             log=log,
             on_front=metrics.update_front,
         )
-        if resume:
-            tuner = tune.Tuner.restore(str(run_dir / TUNE_DIR), trainable, resume_unfinished=True)
-        else:
-            scheduler, scheduler_callbacks = make_scheduler(
-                study.search.scheduler, study.search.objectives, study.train.epochs
-            )
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=make_searcher(study, run_dir, run["study_name"]),
-                    scheduler=scheduler,
-                    num_samples=study.search.trials,
-                    max_concurrent_trials=study.search.max_concurrent,
-                    reuse_actors=True,
-                ),
-                run_config=tune.RunConfig(
-                    name=TUNE_DIR,
-                    storage_path=str(run_dir),
-                    callbacks=[bookkeeping, *scheduler_callbacks, metrics],
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-                    verbose=0,
-                ),
-            )
         log(f"searching {study.search.trials} trials x {study.train.epochs} epochs of {study.name} -> {run_dir}")
-        tuner.fit()
+        with quiet_libraries():
+            if resume:
+                tuner = tune.Tuner.restore(str(run_dir / TUNE_DIR), trainable, resume_unfinished=True)
+            else:
+                scheduler, scheduler_callbacks = make_scheduler(
+                    study.search.scheduler, study.search.objectives, study.train.epochs
+                )
+                tuner = tune.Tuner(
+                    trainable,
+                    tune_config=tune.TuneConfig(
+                        search_alg=make_searcher(study, run_dir, run["study_name"]),
+                        scheduler=scheduler,
+                        num_samples=study.search.trials,
+                        max_concurrent_trials=study.search.max_concurrent,
+                        reuse_actors=True,
+                    ),
+                    run_config=tune.RunConfig(
+                        name=TUNE_DIR,
+                        storage_path=str(run_dir),
+                        callbacks=[bookkeeping, *scheduler_callbacks, metrics],
+                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                        verbose=0,
+                    ),
+                )
+            tuner.fit()
     finally:
         if started_ray:
             ray.shutdown()
     return _finish(study, run_dir, report, log)
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """nas-kd prints one line per trial epoch itself (``RunDirectory``); Tune and Optuna add boxes and notes.
+
+    Tune's new output engine prints its configuration box and result paths even at ``verbose=0``; its legacy
+    engine is silent there. Tune and Optuna log routine steps at INFO. Warnings still show, and everything
+    is restored afterwards, so a Python caller's own settings survive.
+    """
+    tune_logger = logging.getLogger("ray.tune")
+    previous = os.environ.get("RAY_AIR_NEW_OUTPUT"), optuna.logging.get_verbosity(), tune_logger.level
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tune_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        tune_logger.setLevel(previous[2])
+        optuna.logging.set_verbosity(previous[1])
+        if previous[0] is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = previous[0]
 
 
 def _hypervolume_fn(study: Study, cached: list[Any]) -> Any:

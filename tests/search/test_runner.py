@@ -37,8 +37,13 @@ def search(tmp_path: Path, **overrides: object):
     )
 
 
-def test_search_writes_the_run_directory(tmp_path: Path) -> None:
+def test_search_writes_the_run_directory(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    optuna_level = optuna.logging.get_verbosity()
     result = search(tmp_path)
+    # nas-kd's own lines only: no Tune configuration box, no Optuna INFO notes; the caller's settings are back
+    out, err = capfd.readouterr()
+    assert "Configuration for experiment" not in out + err and "A new study created" not in out + err
+    assert optuna.logging.get_verbosity() == optuna_level and "RAY_AIR_NEW_OUTPUT" not in os.environ
     run_dir = tmp_path / "quickstart"
     trials = pd.read_csv(run_dir / "trials.csv")
     assert len(trials) == 4 and (trials["status"] == "COMPLETE").all()
