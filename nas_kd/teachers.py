@@ -122,8 +122,12 @@ def train_plain(
     from nas_kd.train import evaluate
 
     trainer = make_trainer(arch, data, cfg, seed, augment_data, distiller, settings, teachers)
-    for result in trainer.fit():
-        log(f"  epoch {result.epoch}/{cfg.epochs} val_accuracy {result.val_accuracy:.4f} ({result.seconds:.1f}s)")
+    # Logged as each epoch ends: a teacher or assistant can train for tens of minutes.
+    trainer.fit(
+        on_epoch=lambda result, _: log(
+            f"  epoch {result.epoch}/{cfg.epochs} val_accuracy {result.val_accuracy:.4f} ({result.seconds:.1f}s)"
+        )
+    )
     student = trainer.distiller.export_student()
     return student, {
         "val_accuracy": evaluate(student, data.val),

@@ -5,12 +5,14 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
+import pytest
 import torch
 
 from nas_kd.arch import build_model
 from nas_kd.checkpoint import load_student, save_model_dir
 from nas_kd.pipeline import study_data
-from nas_kd.teachers import cache_root, prepare_teachers, teacher_bundle, teacher_from_bundle
+from nas_kd.teachers import cache_root, prepare_teachers, teacher_bundle, teacher_from_bundle, train_plain
+from nas_kd.train import Trainer
 from tests.conftest import small_study
 
 
@@ -29,6 +31,19 @@ def test_cached_teacher_is_not_retrained(tmp_path: Path) -> None:
     # a change to how the teacher is trained is a different teacher
     other = small_study(tmp_path, **{"teacher.train.epochs": 2})
     assert prepare_teachers(other, data, messages.append)[0].path != first.path
+
+
+def test_teacher_training_logs_each_epoch_as_it_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long teacher or assistant shows progress while it trains, not all at once when it is done."""
+    events: list[str] = []
+    run_epoch = Trainer.run_epoch
+    monkeypatch.setattr(Trainer, "run_epoch", lambda self: events.append("train") or run_epoch(self))
+    study = small_study(tmp_path)
+    data = study_data(study, torch.device("cpu"))
+    train_plain(study.teacher.genome(), data, study.teacher_train(study.teacher), 0, False, log=events.append)
+    assert [e if e == "train" else e.split(" val")[0].strip() for e in events] == [
+        "train", "epoch 1/3", "train", "epoch 2/3", "train", "epoch 3/3"
+    ]  # fmt: skip
 
 
 def _prepare(runs_dir: str, out: str) -> None:
