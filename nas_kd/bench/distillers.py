@@ -18,8 +18,8 @@ by seed through all arms, so a slow spell on a shared machine hits every arm ali
 training loop alone; one-time work (training an assistant or the extra teacher, cached) is not in it.
 
 A long run can go in pieces: ``--arms ce,online --out a.csv``, ``--arms self --out b.csv``, then
-``--from-runs a.csv b.csv`` prints the one table (training on CPU is deterministic for a seed, so the
-pieces give the numbers the single command would).
+``--from-runs a.csv b.csv`` prints the one table (training on CPU is deterministic for a seed and a
+thread count, so pieces run on as many threads give the numbers the single command would).
 
 Default study: studies/fashion_mnist.yaml.
 """
@@ -139,17 +139,17 @@ def read_runs(paths: list[str]) -> pd.DataFrame:
         if missing:
             raise BenchError(f"{path}: not a runs CSV of this benchmark (missing {', '.join(missing)})")
         frames.append(frame)
-    runs = pd.concat(frames, ignore_index=True)
+    runs, where = pd.concat(frames, ignore_index=True), ", ".join(paths)
     for column in SETUP_COLUMNS:
         if runs[column].nunique() > 1:
-            raise BenchError(f"{', '.join(paths)}: {column}: the pieces differ ({sorted(runs[column].unique())})")
+            raise BenchError(f"{where}: {column}: the pieces differ ({sorted(runs[column].unique())})")
     repeated = runs[runs.duplicated(["arm", "seed"])]
     if not repeated.empty:
         first = repeated.iloc[0]
-        raise BenchError(f"{', '.join(paths)}: arm {first['arm']} seed {first['seed']} appears more than once")
+        raise BenchError(f"{where}: arm {first['arm']} seed {first['seed']} appears more than once")
     unknown = set(runs["arm"]) - {arm.name for arm in ARMS}
     if unknown:
-        raise BenchError(f"{', '.join(paths)}: arm: unknown {sorted(unknown)}")
+        raise BenchError(f"{where}: arm: unknown {sorted(unknown)}")
     return runs
 
 
