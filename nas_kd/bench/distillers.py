@@ -27,7 +27,6 @@ Default study: studies/fashion_mnist.yaml.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ import pandas as pd
 
 from nas_kd.arch import arch_summary, build_model, count_params
 from nas_kd.bench import BenchError
-from nas_kd.bench.gpu import markdown
+from nas_kd.bench.tables import markdown, mean_std
 from nas_kd.config import Study, load_study, parse_override
 from nas_kd.distill.helpers import resize_to_params, scale_width
 from nas_kd.pipeline import ready_teachers, resolve_device, study_data, train_student
@@ -180,9 +179,10 @@ def with_two_teachers(study: Study) -> Study:
     if len(study.all_teachers()) != 1:
         return study
     teacher = study.all_teachers()[0]
+    genome = teacher.genome()
     update: dict[str, Any] = {"seed": study.teacher_seed(teacher) + 1}
-    if "torchvision" not in teacher.genome():
-        update |= {"arch": scale_width(teacher.genome(), 0.5), "arch_file": None}
+    if "torchvision" not in genome:
+        update |= {"arch": scale_width(genome, 0.5), "arch_file": None}
     second = teacher.model_copy(update=update)
     return study.model_copy(update={"teachers": [*study.teachers, second]})
 
@@ -208,18 +208,13 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
             {
                 "arm": arm.name,
                 "settings": ", ".join(f"{k}={v}" for k, v in arm.settings.items()) or "defaults",
-                "val accuracy %": _mean_std(100 * group["val_accuracy"]),
-                "test accuracy %": _mean_std(100 * group["test_accuracy"]),
+                "val accuracy %": mean_std(100 * group["val_accuracy"], 2),
+                "test accuracy %": mean_std(100 * group["test_accuracy"], 2),
                 "test vs ce (pp)": f"{100 * (group['test_accuracy'].mean() - ce_test):+.2f}",
-                "train s/run": _mean_std(group["train_seconds"], 1),
+                "train s/run": mean_std(group["train_seconds"], 1),
             }
         )
     return pd.DataFrame(rows)
-
-
-def _mean_std(values: pd.Series, digits: int = 2) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{values.mean():.{digits}f} ± {spread:.{digits}f}"
 
 
 def write_results(path: Path, title: str, table: pd.DataFrame, runs: pd.DataFrame) -> None:

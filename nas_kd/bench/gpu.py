@@ -24,6 +24,7 @@ import torch
 
 import nas_kd.train
 from nas_kd.bench import BenchError
+from nas_kd.bench.tables import markdown
 from nas_kd.config import Study, load_study, parse_override
 from nas_kd.pipeline import build_trainer, ready_teachers, study_data
 from nas_kd.train import Trainer
@@ -124,10 +125,3 @@ def write_tables(path: Path, gpu: str, tables: dict[str, pd.DataFrame]) -> None:
     else:
         pd.concat([t.assign(table=title, gpu=gpu) for title, t in tables.items()]).to_csv(path, index=False)
     print(f"\nwritten to {path}")
-
-
-def markdown(table: pd.DataFrame) -> str:
-    """A pipe table (pandas' to_markdown needs the optional tabulate package)."""
-    cells = [[f"{v:.2f}" if isinstance(v, float) else str(v) for v in row] for row in table.itertuples(index=False)]
-    lines = [list(map(str, table.columns)), ["---"] * len(table.columns), *cells]
-    return "\n".join("| " + " | ".join(line) + " |" for line in lines)

@@ -32,7 +32,7 @@ import pandas as pd
 import ray
 import torch
 
-from nas_kd.bench.gpu import markdown
+from nas_kd.bench.tables import markdown, mean_std
 from nas_kd.config import SchedulerConfig, Study, load_study, parse_override
 from nas_kd.pipeline import ready_teachers, study_data
 from nas_kd.results import HYPERVOLUME_COLUMNS, read_table
@@ -163,19 +163,14 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
             {
                 "arm": arm.name,
                 "seeds": len(group),
-                "hypervolume": _mean_std(group["hypervolume"], 4),
+                "hypervolume": mean_std(group["hypervolume"], 4),
                 f"vs {ARMS[0].name}": f"{group['hypervolume'].mean() / baseline:.2f}x" if baseline > 0 else "-",
                 "student-epochs": f"{group['student_epochs'].mean():.0f}",
                 "complete trials": f"{group['complete'].mean():.1f}",
-                "wall s": _mean_std(group["wall_seconds"], 0),
+                "wall s": mean_std(group["wall_seconds"], 0),
             }
         )
     return pd.DataFrame(rows)
-
-
-def _mean_std(values: pd.Series, digits: int) -> str:
-    spread = values.std(ddof=1) if len(values) > 1 else float("nan")
-    return f"{values.mean():.{digits}f} ± {spread:.{digits}f}"
 
 
 def write_results(path: Path, table: pd.DataFrame, runs: pd.DataFrame, budget: int) -> None:

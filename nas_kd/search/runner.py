@@ -286,19 +286,23 @@ def quiet_libraries() -> Iterator[None]:
     is restored afterwards, so a Python caller's own settings survive.
     """
     tune_logger = logging.getLogger("ray.tune")
-    previous = os.environ.get("RAY_AIR_NEW_OUTPUT"), optuna.logging.get_verbosity(), tune_logger.level
+    output_engine, optuna_level, tune_level = (
+        os.environ.get("RAY_AIR_NEW_OUTPUT"),
+        optuna.logging.get_verbosity(),
+        tune_logger.level,
+    )
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tune_logger.setLevel(logging.WARNING)
     try:
         yield
     finally:
-        tune_logger.setLevel(previous[2])
-        optuna.logging.set_verbosity(previous[1])
-        if previous[0] is None:
+        tune_logger.setLevel(tune_level)
+        optuna.logging.set_verbosity(optuna_level)
+        if output_engine is None:
             os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
         else:
-            os.environ["RAY_AIR_NEW_OUTPUT"] = previous[0]
+            os.environ["RAY_AIR_NEW_OUTPUT"] = output_engine
 
 
 def _hypervolume_fn(study: Study, cached: list[Any]) -> Any:
