@@ -54,6 +54,14 @@ class TrainConfig(Strict):
     weight_decay: float = Field(5e-4, ge=0)
     schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # A cheap proxy for searches: each epoch trains on this many images, drawn afresh (seeded) from the
+    # training split; validation and test stay whole. Unset: the whole training split.
+    samples_per_epoch: int | None = Field(None, ge=1)
+
+    def identity(self) -> dict[str, Any]:
+        """What fixes a model trained with this recipe (cache keys). Unset options are left out, so adding
+        an option keeps the keys of models cached before it existed."""
+        return self.model_dump(exclude_none=True)
 
 
 class ModelSource(Strict):

@@ -217,13 +217,18 @@ def batches(
     generator: torch.Generator | None,
     device: torch.device | str = "cpu",
     drop_last: bool = False,
+    limit: int | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Index tensors for one pass over ``n`` samples: shuffled with ``generator``, in order without."""
+    """Index tensors for one pass over ``n`` samples: shuffled with ``generator``, in order without.
+    ``limit`` ends the pass after that many samples (a fresh random subset each pass when shuffled)."""
     order = (
         torch.randperm(n, generator=generator, device=device)
         if generator is not None
         else torch.arange(n, device=device)
     )
+    if limit:
+        n = min(n, limit)
+        order = order[:n]
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for start in range(0, stop, batch_size):
         yield order[start : start + batch_size]

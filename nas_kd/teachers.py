@@ -142,7 +142,7 @@ def teacher_payload(study: Study, teacher: TeacherConfig) -> dict[str, Any]:
         "data": data_identity(study),
         "augment": study.data.augment,
         "arch": teacher.genome(),
-        "train": study.teacher_train(teacher).model_dump(),
+        "train": study.teacher_train(teacher).identity(),
         "seed": study.teacher_seed(teacher),
     }
 

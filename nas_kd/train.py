@@ -71,13 +71,19 @@ def autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def epoch_size(cfg: TrainConfig, train_size: int) -> int:
+    """Images one epoch trains on: the whole training split unless ``samples_per_epoch`` asks for fewer."""
+    return min(cfg.samples_per_epoch or train_size, train_size)
+
+
 class Trainer:
     """Trains ``distiller`` (student plus whatever it adds) on ``data`` for ``cfg.epochs``."""
 
     def __init__(self, distiller: nn.Module, data: Dataset, cfg: TrainConfig, seed: int, augment_data: bool):
         self.distiller, self.data, self.cfg, self.augment_data = distiller, data, cfg, augment_data
         self.device = data.train.x.device
-        self.steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+        self.samples_per_epoch = epoch_size(cfg, len(data.train))
+        self.steps_per_epoch = math.ceil(self.samples_per_epoch / cfg.batch_size)
         trainable = [p for p in distiller.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(trainable, cfg)
         self.schedule = make_schedule(self.optimizer, cfg, cfg.epochs * self.steps_per_epoch)
@@ -89,7 +95,9 @@ class Trainer:
         distiller.train()
         start = time.perf_counter()
         totals: dict[str, torch.Tensor] = {}
-        for index in batches(len(train), self.cfg.batch_size, self.generator, self.device):
+        for index in batches(
+            len(train), self.cfg.batch_size, self.generator, self.device, limit=self.samples_per_epoch
+        ):
             x, y = train.x[index], train.y[index]
             if self.augment_data:
                 x = augment(x, spec.crop_padding, spec.flip, self.generator)
@@ -110,7 +118,7 @@ class Trainer:
         seconds = time.perf_counter() - start
         self.epoch += 1
         val_accuracy = evaluate(distiller.export_student(), self.data.val)
-        return EpochResult(self.epoch, train_loss, means, val_accuracy, seconds, len(train) / seconds)
+        return EpochResult(self.epoch, train_loss, means, val_accuracy, seconds, self.samples_per_epoch / seconds)
 
     def fit(self, on_epoch: Callable[[EpochResult, Trainer], None] | None = None) -> list[EpochResult]:
         """Train the remaining epochs; ``on_epoch`` sees every result (and may checkpoint the trainer)."""

@@ -80,3 +80,32 @@ def test_kd_loss_matches_hand_computation() -> None:
     by_hand = sum(float(pt[i, j] * (pt[i, j].log() - ps[i, j].log())) for i in range(2) for j in range(2)) / 2 * t**2
     assert kd_loss(student, teacher, t).item() == pytest.approx(by_hand, rel=1e-6)
     assert kd_loss(teacher, teacher, t).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_samples_per_epoch_trains_a_fresh_subset_each_epoch(digits) -> None:
+    trainer = make_trainer(digits, TrainConfig(epochs=2, batch_size=64, samples_per_epoch=200))
+    seen: list[list[int]] = [[], []]
+    forward_train = trainer.distiller.forward_train
+
+    def recording(x, y, index):
+        seen[trainer.epoch] += index.tolist()
+        return forward_train(x, y, index)
+
+    trainer.distiller.forward_train = recording
+    history = trainer.fit()
+    assert [len(s) for s in seen] == [200, 200]
+    assert all(len(set(s)) == 200 for s in seen)  # no image twice within an epoch
+    assert set(seen[0]) != set(seen[1])  # drawn afresh each epoch
+    assert trainer.steps_per_epoch == 4  # 64 + 64 + 64 + 8
+    assert len(history) == 2
+
+
+def test_samples_per_epoch_beyond_the_split_is_the_whole_split(digits) -> None:
+    trainer = make_trainer(digits, TrainConfig(epochs=1, samples_per_epoch=10**9))
+    assert trainer.samples_per_epoch == len(digits.train)
+
+
+def test_unset_options_leave_cache_identities_unchanged() -> None:
+    """Models cached before ``samples_per_epoch`` existed keep their keys; setting it makes a new one."""
+    assert TrainConfig().identity() == TrainConfig().model_dump(exclude={"samples_per_epoch"})
+    assert TrainConfig(samples_per_epoch=5000).identity()["samples_per_epoch"] == 5000

@@ -26,7 +26,7 @@ from nas_kd.config import load_study, parse_override
 from nas_kd.data import Dataset, batches
 from nas_kd.distill import Teacher
 from nas_kd.pipeline import build_trainer, ready_teachers, resolve_device, study_data
-from nas_kd.train import autocast, make_optimizer, make_schedule
+from nas_kd.train import autocast, epoch_size, make_optimizer, make_schedule
 
 DEFAULT_STUDY = "studies/fashion_mnist.yaml"
 
@@ -36,7 +36,8 @@ def minimal_loop(study, data: Dataset, arch: dict, seed: int) -> Callable[[], fl
     torch.manual_seed(seed)
     model = build_model(arch, data.input_shape, data.num_classes).to(data.train.x.device)
     cfg = study.train
-    steps = -(-len(data.train) // cfg.batch_size)
+    images = epoch_size(study.train, len(data.train))
+    steps = -(-images // cfg.batch_size)
     optimizer = make_optimizer(list(model.parameters()), cfg)
     schedule = make_schedule(optimizer, cfg, steps * 1000)
     generator = torch.Generator(data.train.x.device).manual_seed(seed)
@@ -44,7 +45,7 @@ def minimal_loop(study, data: Dataset, arch: dict, seed: int) -> Callable[[], fl
     def epoch() -> float:
         model.train()
         start = time.perf_counter()
-        for index in batches(len(data.train), cfg.batch_size, generator, data.train.x.device):
+        for index in batches(len(data.train), cfg.batch_size, generator, data.train.x.device, limit=images):
             with autocast(data.train.x.device):
                 loss = F.cross_entropy(model(data.train.x[index]), data.train.y[index])
             optimizer.zero_grad(set_to_none=True)
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     base, ce = median["minimal loop (ce)"], median["trainer ce"]
     print(
         f"\n{study.name}: student {arch_summary(arch)}, teacher {cached[0].info['params']:,} params, "
-        f"{len(data.train)} training images, batch {study.train.batch_size}, {device}, "
+        f"{epoch_size(study.train, len(data.train))} training images per epoch, batch {study.train.batch_size}, {device}, "
         f"{torch.get_num_threads()} threads; median of {len(times[names[0]])} epochs per arm\n"
     )
     print("| arm | s/epoch (median) | images/s | ratio |")
@@ -100,5 +101,7 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         reference = "vs minimal loop" if name == "trainer ce" else ("vs trainer ce" if "offline" in name else "")
         ratio = median[name] / (base if name == "trainer ce" else ce) if reference else 1.0
-        print(f"| {name} | {median[name]:.3f} | {len(data.train) / median[name]:,.0f} | {ratio:.3f} {reference} |")
+        print(
+            f"| {name} | {median[name]:.3f} | {epoch_size(study.train, len(data.train)) / median[name]:,.0f} | {ratio:.3f} {reference} |"
+        )
     return 0

@@ -92,7 +92,7 @@ def trained_helper(context: DistillContext, arch: dict[str, Any], role: str, tea
         "data": data_identity(study),
         "augment": study.data.augment,
         "arch": arch,
-        "train": cfg.model_dump(),
+        "train": cfg.identity(),
         "seed": seed,
         "distiller": distiller,
         "teacher": weights_key(teacher.model) if teacher is not None else None,
