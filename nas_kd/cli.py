@@ -270,7 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arms", help="comma-separated subset of arms (distillers), e.g. ce,offline-response")
     p.add_argument("--out", help="write the table as CSV/Markdown here too")
     p.add_argument(
-        "--from-runs", nargs="+", metavar="CSV", help="distillers: rebuild the table from --out CSVs, without training"
+        "--from-runs",
+        nargs="+",
+        metavar="CSV",
+        help="distillers, search: rebuild the table from --out CSVs, without training",
     )
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     return parser

@@ -29,14 +29,13 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from nas_kd.arch import arch_summary, build_model, count_params
 from nas_kd.bench import BenchError
-from nas_kd.bench.tables import markdown, mean_std
+from nas_kd.bench.tables import append_run, mean_std, new_runs_csv, publish, read_runs
 from nas_kd.config import Study, load_study, parse_override
 from nas_kd.distill.helpers import resize_to_params, scale_width
 from nas_kd.pipeline import ready_teachers, resolve_device, study_data, train_student
@@ -67,22 +66,25 @@ ARMS = (
 
 
 def run(args: argparse.Namespace) -> int:
-    runs = read_runs(args.from_runs) if args.from_runs else measure(args)
-    table = summarise(runs)
-    title = describe(runs)
-    print(f"\n{title}, mean ± std:\n\n{markdown(table)}")
-    if args.out:
-        write_results(Path(args.out), title, table, runs)
+    runs = (
+        read_runs(args.from_runs, RUN_COLUMNS, SETUP_COLUMNS, [arm.name for arm in ARMS])
+        if args.from_runs
+        else measure(args)
+    )
+    accuracies = {column: runs[column].map("{:.4f}".format) for column in ("val_accuracy", "test_accuracy")}
+    listed = runs.assign(**accuracies).drop(columns=list(SETUP_COLUMNS))
+    publish(describe(runs), summarise(runs), runs, listed, args.out, merge=bool(args.from_runs))
     return 0
 
 
 def measure(args: argparse.Namespace) -> pd.DataFrame:
-    """Train every selected arm for every seed; one row per run."""
+    """Train every selected arm for every seed; one row per run, added to ``--out X.csv`` as each finishes."""
     study_path = args.study or DEFAULT_STUDY
     overrides = dict(parse_override(text) for text in args.set or [])
     if args.epochs:
         overrides["train.epochs"] = args.epochs
     arms = select_arms(args.arms)
+    csv_out = new_runs_csv(args.out)
     study = load_study(study_path, overrides)
     if any(arm.distiller == "multi_teacher" for arm in arms):
         study = with_two_teachers(study)
@@ -104,58 +106,29 @@ def measure(args: argparse.Namespace) -> pd.DataFrame:
             start = time.perf_counter()
             result = train_student(study, data, teachers, arch, arm.distiller, arm.settings, seed)
             train_seconds = sum(epoch.seconds for epoch in result.history)
-            rows.append(
-                {
-                    "arm": arm.name,
-                    "seed": seed,
-                    "val_accuracy": result.val_accuracy,
-                    "test_accuracy": result.test_accuracy,
-                    "train_seconds": train_seconds,
-                    "setup_seconds": time.perf_counter() - start - train_seconds,
-                    **setup,
-                }
-            )
+            row = {
+                "arm": arm.name,
+                "seed": seed,
+                "val_accuracy": result.val_accuracy,
+                "test_accuracy": result.test_accuracy,
+                "train_seconds": train_seconds,
+                "setup_seconds": time.perf_counter() - start - train_seconds,
+                **setup,
+            }
+            rows.append(row)
             print(
                 f"  {arm.name:<17} seed {seed}: val {result.val_accuracy:.4f} test {result.test_accuracy:.4f} "
                 f"({train_seconds:.1f}s)"
             )
+            if csv_out:
+                append_run(csv_out, row)
     return pd.DataFrame(rows)
-
-
-def read_runs(paths: list[str]) -> pd.DataFrame:
-    """``--from-runs a.csv b.csv``: the runs that earlier ``--arms ... --out X.csv`` calls wrote, as one table.
-
-    A long benchmark can so run in pieces; the pieces must share the study, student and epochs, and no
-    (arm, seed) may appear twice.
-    """
-    frames = []
-    for path in paths:
-        try:
-            frame = pd.read_csv(path)
-        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-            raise BenchError(f"{path}: cannot read the runs: {error}") from None
-        missing = sorted(set(RUN_COLUMNS) - set(frame.columns))
-        if missing:
-            raise BenchError(f"{path}: not a runs CSV of this benchmark (missing {', '.join(missing)})")
-        frames.append(frame)
-    runs, where = pd.concat(frames, ignore_index=True), ", ".join(paths)
-    for column in SETUP_COLUMNS:
-        if runs[column].nunique() > 1:
-            raise BenchError(f"{where}: {column}: the pieces differ ({sorted(runs[column].unique())})")
-    repeated = runs[runs.duplicated(["arm", "seed"])]
-    if not repeated.empty:
-        first = repeated.iloc[0]
-        raise BenchError(f"{where}: arm {first['arm']} seed {first['seed']} appears more than once")
-    unknown = set(runs["arm"]) - {arm.name for arm in ARMS}
-    if unknown:
-        raise BenchError(f"{where}: arm: unknown {sorted(unknown)}")
-    return runs
 
 
 def describe(runs: pd.DataFrame) -> str:
     first = runs.iloc[0]
     seeds = runs["seed"].nunique()
-    return f"{first['study']}: {first['student']} ({first['params']:,} params), {first['epochs']} epochs, {seeds} seeds"
+    return f"{first['study']}: {first['student']} ({first['params']:,} params), {first['epochs']} epochs, {seeds} seeds, mean ± std"
 
 
 def select_arms(names: str | None) -> list[Arm]:
@@ -215,14 +188,3 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
-
-
-def write_results(path: Path, title: str, table: pd.DataFrame, runs: pd.DataFrame) -> None:
-    """Markdown (``.md``: the summary, then every run) or CSV (every run, readable by ``--from-runs``)."""
-    if path.suffix == ".md":
-        accuracies = {column: runs[column].map("{:.4f}".format) for column in ("val_accuracy", "test_accuracy")}
-        listed = runs.assign(**accuracies).drop(columns=list(SETUP_COLUMNS))
-        path.write_text(f"### {title}\n\n{markdown(table)}\n\n### Runs\n\n{markdown(listed)}\n")
-    else:
-        runs.to_csv(path, index=False)
-    print(f"\nwritten to {path}")

@@ -15,6 +15,10 @@ normalised one (``pareto.StudyHypervolume``: full-budget trials only, fixed boun
 its wall time is the search's wall seconds at that row (Tune's start-up included; the arm that runs first,
 on a cold cluster, changes with each seed). Teachers are made ready once, before all arms.
 
+A long benchmark can go in pieces, one seed per machine or session: ``--set seed=1 --seeds 1 --out b.csv``
+(``--out X.csv`` adds each run as it finishes), then ``--from-runs a.csv b.csv`` prints the one table. Pieces
+must share the study, budget, epochs and device.
+
 Default study: studies/quickstart.yaml; default budget: the study's trials x epochs.
 """
 
@@ -32,13 +36,15 @@ import pandas as pd
 import ray
 import torch
 
-from nas_kd.bench.tables import markdown, mean_std
+from nas_kd.bench.tables import append_run, mean_std, new_runs_csv, publish, read_runs
 from nas_kd.config import SchedulerConfig, Study, load_study, parse_override
 from nas_kd.pipeline import ready_teachers, study_data
 from nas_kd.results import HYPERVOLUME_COLUMNS, read_table
 from nas_kd.search.schedulers import rung_milestones
 
 DEFAULT_STUDY = "studies/quickstart.yaml"
+SETUP_COLUMNS = ("study", "budget", "epochs", "device")
+RUN_COLUMNS = ("arm", "seed", "hypervolume", "student_epochs", "trials", "complete", "failed", "wall_seconds")
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,22 @@ ARMS = (
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.from_runs:
+        runs = read_runs(args.from_runs, RUN_COLUMNS + SETUP_COLUMNS, SETUP_COLUMNS, [arm.name for arm in ARMS])
+    else:
+        runs = measure(args)
+    first, seeds = runs.iloc[0], runs["seed"].nunique()
+    title = (
+        f"Final hypervolume of {first['study']} at {first['budget']} student-epochs "
+        f"({seeds} seed{'s' if seeds > 1 else ''}, {first['device']}, mean ± std)"
+    )
+    listed = runs.assign(hypervolume=runs["hypervolume"].map("{:.4f}".format)).drop(columns=list(SETUP_COLUMNS))
+    publish(title, summarise(runs), runs, listed, args.out, merge=bool(args.from_runs))
+    return 0
+
+
+def measure(args: argparse.Namespace) -> pd.DataFrame:
+    """Run every arm for every seed; one row per run, added to ``--out X.csv`` as each finishes."""
     study_path = args.study or DEFAULT_STUDY
     overrides = dict(parse_override(text) for text in args.set or [])
     if args.epochs:
@@ -65,26 +87,35 @@ def run(args: argparse.Namespace) -> int:
     study = load_study(study_path, overrides)
     budget = args.budget or study.search.trials * study.train.epochs
     seeds = [study.seed + i for i in range(args.seeds)]
-    print(f"nas-kd bench search: {study_path}, {budget} student-epochs per run, seeds {seeds}")
+    csv_out = new_runs_csv(args.out)
+    setup = {"study": study.name, "budget": budget, "epochs": study.train.epochs, "device": trial_device(study)}
+    print(f"nas-kd bench search: {study_path}, {budget} student-epochs per run, seeds {seeds}, {setup['device']}")
 
     ready_teachers(study, study_data(study, torch.device("cpu")))  # into the study's cache, outside the timings
     # One private cluster for every arm (no start-up per run); "local": never one another process started.
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    rows = []
     try:
         with tempfile.TemporaryDirectory(prefix="nas-kd-bench-search-") as runs_dir:
-            rows = [
-                search_run(study_path, overrides, study, arm, seed, budget, Path(runs_dir))
-                for i, seed in enumerate(seeds)
-                for arm in ARMS[i % len(ARMS) :] + ARMS[: i % len(ARMS)]  # the first (cold) run rotates
-            ]
+            for seed in seeds:
+                # The first run of a seed pays for a cold cluster; which arm that is rotates with the seed.
+                for arm in ARMS[seed % len(ARMS) :] + ARMS[: seed % len(ARMS)]:
+                    row = {**search_run(study_path, overrides, study, arm, seed, budget, Path(runs_dir)), **setup}
+                    rows.append(row)
+                    if csv_out:
+                        append_run(csv_out, row)
     finally:
         ray.shutdown()
-    runs = pd.DataFrame(rows)
-    table = summarise(runs)
-    print(f"\nFinal hypervolume at {budget} student-epochs ({len(seeds)} seeds, mean ± std):\n\n{markdown(table)}")
-    if args.out:
-        write_results(Path(args.out), table, runs, budget)
-    return 0
+    if csv_out:
+        print(f"\nruns written to {csv_out}")
+    return pd.DataFrame(rows)
+
+
+def trial_device(study: Study) -> str:
+    """Where the trials train: the GPU's name when the study gives them one, else cpu."""
+    if study.resources.gpu > 0 and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return "cpu"
 
 
 def trials_for(budget: int, study: Study, arm: Arm) -> int:
@@ -136,6 +167,7 @@ def search_run(
     curve = curve[curve["student_epochs"] <= budget]
     last = curve.iloc[-1] if len(curve) else pd.Series({"hypervolume": 0.0, "student_epochs": 0, "wall_seconds": 0.0})
     trials = result.trials[result.trials["trial_id"].isin(curve["trial_id"])]
+    failed = trials[trials["status"] == "FAILED"]
     row = {
         "arm": arm.name,
         "seed": seed,
@@ -143,12 +175,14 @@ def search_run(
         "student_epochs": int(last["student_epochs"]),
         "trials": len(trials),
         "complete": int((trials["status"] == "COMPLETE").sum()),
+        "failed": len(failed),
         "wall_seconds": float(last["wall_seconds"]),
         "run_seconds": seconds,
     }
     print(
         f"  {arm.name:<34} seed {seed}: hypervolume {row['hypervolume']:.4f}, {row['student_epochs']} student-epochs, "
         f"{row['complete']}/{row['trials']} trials complete, {row['wall_seconds']:.0f}s"
+        + (f"; {len(failed)} failed, first: {failed['error'].iloc[0]}" if len(failed) else "")
     )
     return row
 
@@ -171,15 +205,3 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
-
-
-def write_results(path: Path, table: pd.DataFrame, runs: pd.DataFrame, budget: int) -> None:
-    """Markdown (``.md``: the summary, then every run) or CSV (every run)."""
-    if path.suffix == ".md":
-        path.write_text(
-            f"### Final hypervolume at {budget} student-epochs\n\n{markdown(table)}\n\n"
-            f"### Runs\n\n{markdown(runs.assign(hypervolume=runs['hypervolume'].map('{:.4f}'.format)))}\n"
-        )
-    else:
-        runs.to_csv(path, index=False)
-    print(f"\nwritten to {path}")

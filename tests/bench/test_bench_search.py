@@ -1,9 +1,11 @@
-"""``nas-kd bench search`` runs end to end on the quickstart study with a tiny budget (not a benchmark)."""
+"""``nas-kd bench search``: a tiny real run on the quickstart study (not a benchmark), and the table rebuilt
+from pieces (``--from-runs``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import ray
 
@@ -11,17 +13,70 @@ from nas_kd.bench.search import ARMS
 from nas_kd.cli import main
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "studies" / "quickstart.yaml"
+SETUP = {"study": "fashion_mnist", "budget": 60, "epochs": 5, "device": "cpu"}
+
+
+def write_runs(path: Path, seed: int, hypervolumes: list[float], **setup: object) -> Path:
+    """One piece: every arm once for ``seed``."""
+    rows = [
+        {"arm": arm.name, "seed": seed, "hypervolume": hv, "student_epochs": 60, "trials": 12, "complete": 12}
+        | {"failed": 0, "wall_seconds": 300.0}
+        for arm, hv in zip(ARMS, hypervolumes, strict=True)
+    ]
+    pd.DataFrame(rows).assign(**{**SETUP, **setup}).to_csv(path, index=False)
+    return path
 
 
 @pytest.mark.slow
 def test_bench_search_on_quickstart(tmp_path: Path) -> None:
-    out = tmp_path / "bench.md"
-    argv = ["bench", "search", str(QUICKSTART), "--budget", "2", "--epochs", "2", "--seeds", "1", "--out", str(out)]
-    argv += ["--set", f"runs_dir={tmp_path}", "--set", "teacher.train.epochs=2"]
+    runs_csv, out = tmp_path / "runs.csv", tmp_path / "bench.md"
+    argv = ["bench", "search", str(QUICKSTART), "--budget", "2", "--epochs", "2", "--seeds", "1"]
+    argv += ["--set", f"runs_dir={tmp_path}", "--set", "teacher.train.epochs=2", "--out", str(runs_csv)]
     try:
         assert main(argv) == 0
     finally:
         ray.shutdown()  # the bench stops its cluster itself; this covers a failure before it could
+    runs = pd.read_csv(runs_csv)  # written run by run
+    assert sorted(runs["arm"]) == sorted(arm.name for arm in ARMS)
+    assert (runs["failed"] == 0).all() and (runs["device"] == "cpu").all()
+    assert (runs["student_epochs"] <= 2).all()
+
+    assert main(["bench", "search", "--from-runs", str(runs_csv), "--out", str(out)]) == 0
     text = out.read_text()
+    assert text.startswith("### Final hypervolume of quickstart at 2 student-epochs (1 seed, cpu")
     assert all(f"| {arm.name} | 1 |" in text for arm in ARMS)
     assert "± nan" in text  # one seed: no spread
+
+
+def test_pieces_make_one_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first = write_runs(tmp_path / "a.csv", 0, [0.40, 0.42, 0.50, 0.52])
+    second = write_runs(tmp_path / "b.csv", 1, [0.44, 0.46, 0.54, 0.60])
+    merged = tmp_path / "all.csv"
+    assert main(["bench", "search", "--from-runs", str(first), str(second), "--out", str(merged)]) == 0
+    printed = capsys.readouterr().out
+    assert "Final hypervolume of fashion_mnist at 60 student-epochs (2 seeds, cpu" in printed
+    assert "| random + ce | 2 | 0.4200 ± 0.0283 | 1.00x |" in printed
+    assert "| tpe + distiller + pareto_halving | 2 | 0.5600 ± 0.0566 | 1.33x |" in printed
+    assert len(pd.read_csv(merged)) == 8
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [({"device": "NVIDIA H200"}, "device: the pieces differ"), ({"budget": 120}, "budget: the pieces differ")],
+)
+def test_pieces_from_other_setups_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], setup: dict, message: str
+) -> None:
+    first = write_runs(tmp_path / "a.csv", 0, [0.4, 0.4, 0.5, 0.5])
+    second = write_runs(tmp_path / "b.csv", 1, [0.4, 0.4, 0.5, 0.5], **setup)
+    assert main(["bench", "search", "--from-runs", str(first), str(second)]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+
+
+def test_an_existing_runs_csv_is_not_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    existing = write_runs(tmp_path / "a.csv", 0, [0.4, 0.4, 0.5, 0.5])
+    before = existing.read_text()
+    assert main(["bench", "search", str(QUICKSTART), "--budget", "2", "--out", str(existing)]) == 2
+    assert f"--out: {existing} exists" in capsys.readouterr().err
+    assert existing.read_text() == before
