@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 import ray
 
+from nas_kd import teachers
 from nas_kd.bench.search import ARMS
 from nas_kd.cli import main
+from nas_kd.teachers import train_plain
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "studies" / "quickstart.yaml"
 SETUP = {"study": "fashion_mnist", "budget": 60, "epochs": 5, "device": "cpu"}
@@ -28,14 +30,22 @@ def write_runs(path: Path, seed: int, hypervolumes: list[float], **setup: object
 
 
 @pytest.mark.slow
-def test_bench_search_on_quickstart(tmp_path: Path) -> None:
+def test_bench_search_on_quickstart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runs_csv, out = tmp_path / "runs.csv", tmp_path / "bench.md"
+    trained: list[dict] = []
+
+    def counted(genome: dict, *args: object, **kwargs: object) -> object:
+        trained.append(genome)
+        return train_plain(genome, *args, **kwargs)
+
+    monkeypatch.setattr(teachers, "train_plain", counted)
     argv = ["bench", "search", str(QUICKSTART), "--budget", "2", "--epochs", "2", "--seeds", "1"]
     argv += ["--set", f"runs_dir={tmp_path}", "--set", "teacher.train.epochs=2", "--out", str(runs_csv)]
     try:
         assert main(argv) == 0
     finally:
         ray.shutdown()  # the bench stops its cluster itself; this covers a failure before it could
+    assert len(trained) == 1  # the teacher is trained once, not again for the runs in the bench's own folder
     runs = pd.read_csv(runs_csv)  # written run by run
     assert sorted(runs["arm"]) == sorted(arm.name for arm in ARMS)
     assert (runs["failed"] == 0).all() and (runs["device"] == "cpu").all()
