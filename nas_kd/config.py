@@ -99,7 +99,8 @@ class SchedulerConfig(Strict):
 
 
 class SearchConfig(Strict):
-    space: str | list[str] | dict[str, Any] = "search_spaces/resnet.yaml"
+    # A file, an inline mapping, or a list of either (one per family); run directories hold the inlined form.
+    space: str | dict[str, Any] | list[str | dict[str, Any]] = "search_spaces/resnet.yaml"
     trials: int = Field(12, ge=1)
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     objectives: list[str] = Field(default_factory=lambda: ["val_accuracy", "params"])
@@ -228,9 +229,10 @@ def _check_files(study: Study, source: str | Path, base: Path) -> None:
                 raise StudyError(source, f"{field}.arch_file", f"not valid JSON ({error.msg})") from None
     spaces = study.search.space
     if isinstance(spaces, (str, list)):
-        resolved = [_resolve(base, s) for s in ([spaces] if isinstance(spaces, str) else spaces)]
+        items = [spaces] if isinstance(spaces, str) else spaces
+        resolved = [_resolve(base, item) if isinstance(item, str) else item for item in items]
         for i, path in enumerate(resolved):
-            if not Path(path).is_file():
+            if isinstance(path, str) and not Path(path).is_file():
                 where = "search.space" if isinstance(spaces, str) else f"search.space.{i}"
                 raise StudyError(source, where, f"file not found: {path}")
         study.search.space = resolved[0] if isinstance(spaces, str) else resolved

@@ -189,7 +189,7 @@ class SpaceUnion:
 Space = SearchSpace | SpaceUnion
 
 
-def load_space_spec(spec: str | list[str] | dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
+def load_space_spec(spec: str | dict[str, Any] | list[str | dict[str, Any]]) -> dict[str, Any] | list[dict[str, Any]]:
     """Space file(s) -> plain data (inlined into a run directory's study.yaml)."""
     if isinstance(spec, dict):
         return spec
@@ -201,7 +201,7 @@ def load_space_spec(spec: str | list[str] | dict[str, Any]) -> dict[str, Any] | 
         raise SpaceError("", f"cannot read {spec}: {error}") from None
 
 
-def load_space(spec: str | list[str] | dict[str, Any] | list[dict[str, Any]]) -> Space:
+def load_space(spec: str | dict[str, Any] | list[str | dict[str, Any]]) -> Space:
     """A space from a path, an inline mapping, or a list of either (a union over families)."""
     if isinstance(spec, list):
         spaces: dict[str, SearchSpace] = {}
