@@ -8,6 +8,7 @@ State lives on disk (rewritten after every event), so a driver killed with SIGKI
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -242,6 +243,9 @@ class RunDirectory(tune.Callback):
         write_json(self.run_dir / "run.json", run)
 
 
+EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Diverged|Interrupt)): ")
+
+
 def _error_line(trial: Any) -> str:
     """The last line of the trial's error (e.g. ``TrainingDiverged: training loss is nan at epoch 3``)."""
     text = ""
@@ -253,5 +257,14 @@ def _error_line(trial: Any) -> str:
             text = str(trial.get_error())
         except Exception:  # best effort: an unreadable error must not stop bookkeeping
             text = "trial failed"
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:500] if lines else "trial failed"
+    lines = [line.rstrip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return "trial failed"
+    # The last exception line ("pkg.Type: message") and the lines that detail it (pydantic lists each field),
+    # without pydantic's closing "For further information" links; else the last line.
+    headers = [i for i, line in enumerate(lines) if EXCEPTION_LINE.match(line)]
+    if not headers:
+        return lines[-1].strip()[:500]
+    first = headers[-1]
+    detail = [line.strip() for line in lines[first + 1 :] if not line.strip().startswith("For further information")]
+    return " | ".join([EXCEPTION_LINE.sub(r"\1: ", lines[first]), *detail])[:500]
