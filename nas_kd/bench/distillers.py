@@ -128,7 +128,10 @@ def measure(args: argparse.Namespace) -> pd.DataFrame:
 def describe(runs: pd.DataFrame) -> str:
     first = runs.iloc[0]
     seeds = runs["seed"].nunique()
-    return f"{first['study']}: {first['student']} ({first['params']:,} params), {first['epochs']} epochs, {seeds} seeds, mean ± std"
+    return (
+        f"{first['study']}: {first['student']} ({first['params']:,} params), {first['epochs']} epochs, "
+        f"{seeds} seeds, mean ± std"
+    )
 
 
 def select_arms(names: str | None) -> list[Arm]:

@@ -98,7 +98,9 @@ def measure(args: argparse.Namespace) -> pd.DataFrame:
     try:
         with tempfile.TemporaryDirectory(prefix="nas-kd-bench-search-") as runs_dir:
             # Runs go to the temporary folder; the model cache is the study's, where the teachers just got ready.
-            (Path(runs_dir) / "_cache").symlink_to(Path(study.runs_dir).resolve() / "_cache", target_is_directory=True)
+            cache = Path(study.runs_dir).resolve() / "_cache"
+            cache.mkdir(parents=True, exist_ok=True)
+            (Path(runs_dir) / "_cache").symlink_to(cache, target_is_directory=True)
             for seed in seeds:
                 # The first run of a seed pays for a cold cluster; which arm that is rotates with the seed.
                 for arm in ARMS[seed % len(ARMS) :] + ARMS[: seed % len(ARMS)]:
