@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     study = load_study(args.study or DEFAULT_STUDY, overrides)
     device = resolve_device()
     data = study_data(study, device)
+    images = epoch_size(study.train, len(data.train))
     cached = ready_teachers(study, data)
     if not cached or study.student is None:
         print(f"{study.path}: the trainer benchmark needs a teacher and a student block")
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     base, ce = median["minimal loop (ce)"], median["trainer ce"]
     print(
         f"\n{study.name}: student {arch_summary(arch)}, teacher {cached[0].info['params']:,} params, "
-        f"{epoch_size(study.train, len(data.train))} training images per epoch, batch {study.train.batch_size}, {device}, "
+        f"{images} training images per epoch, batch {study.train.batch_size}, {device}, "
         f"{torch.get_num_threads()} threads; median of {len(times[names[0]])} epochs per arm\n"
     )
     print("| arm | s/epoch (median) | images/s | ratio |")
@@ -101,7 +102,5 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         reference = "vs minimal loop" if name == "trainer ce" else ("vs trainer ce" if "offline" in name else "")
         ratio = median[name] / (base if name == "trainer ce" else ce) if reference else 1.0
-        print(
-            f"| {name} | {median[name]:.3f} | {epoch_size(study.train, len(data.train)) / median[name]:,.0f} | {ratio:.3f} {reference} |"
-        )
+        print(f"| {name} | {median[name]:.3f} | {images / median[name]:,.0f} | {ratio:.3f} {reference} |")
     return 0

@@ -247,7 +247,8 @@ EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exceptio
 
 
 def _error_line(trial: Any) -> str:
-    """The last line of the trial's error (e.g. ``TrainingDiverged: training loss is nan at epoch 3``)."""
+    """The trial's error in one line: its last exception line (``TrainingDiverged: training loss is nan at
+    epoch 3``) with the lines that detail it, else the last line of what Ray recorded."""
     text = ""
     error_file = getattr(trial, "error_file", None)
     if error_file and Path(error_file).exists():
@@ -265,6 +266,6 @@ def _error_line(trial: Any) -> str:
     headers = [i for i, line in enumerate(lines) if EXCEPTION_LINE.match(line)]
     if not headers:
         return lines[-1].strip()[:500]
-    first = headers[-1]
-    detail = [line.strip() for line in lines[first + 1 :] if not line.strip().startswith("For further information")]
-    return " | ".join([EXCEPTION_LINE.sub(r"\1: ", lines[first]), *detail])[:500]
+    last = headers[-1]
+    detail = [line.strip() for line in lines[last + 1 :] if not line.strip().startswith("For further information")]
+    return " | ".join([EXCEPTION_LINE.sub(r"\1: ", lines[last]), *detail])[:500]
