@@ -1,4 +1,5 @@
-# Two entry points, each doing its own set-up on a fresh clone: `make quickstart` and `make test`.
+# Two entry points, each doing its own set-up on a fresh clone: `make quickstart` and `make test`
+# (`make test-fast` skips the tests marked slow: Ray, searches, end-to-end CLI runs).
 # VENV may live outside the clone (CI reuses one): make test VENV=~/.cache/nas-kd/venv
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: install quickstart test lint
+.PHONY: install quickstart test test-fast lint
 install: $(STAMP)
 
 quickstart: $(STAMP)
@@ -18,6 +19,10 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The inner loop: no Ray, no end-to-end runs (tests marked slow), under 2 minutes on 2 cores.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
