@@ -1,11 +1,34 @@
-"""nas-kd: neural-architecture search with knowledge distillation in the loop."""
+"""nas-kd: neural-architecture search with knowledge distillation in the loop.
 
-from nas_kd.arch import build_model, measure
-from nas_kd.checkpoint import load_student
-from nas_kd.config import Study, StudyError, load_study
-from nas_kd.data import load_dataset
-from nas_kd.space import SearchSpace, load_space
+The public names are imported on first use, so that ``import nas_kd`` (and ``nas-kd --help``) does not pay for
+torch and Ray before they are needed.
+"""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nas_kd.arch import build_model, measure
+    from nas_kd.checkpoint import load_student
+    from nas_kd.config import Study, StudyError, load_study
+    from nas_kd.data import load_dataset
+    from nas_kd.search.runner import run_study
+    from nas_kd.space import SearchSpace, load_space
+
+_PUBLIC = {
+    "SearchSpace": "nas_kd.space",
+    "Study": "nas_kd.config",
+    "StudyError": "nas_kd.config",
+    "build_model": "nas_kd.arch",
+    "load_dataset": "nas_kd.data",
+    "load_space": "nas_kd.space",
+    "load_student": "nas_kd.checkpoint",
+    "load_study": "nas_kd.config",
+    "measure": "nas_kd.arch",
+    "run_study": "nas_kd.search.runner",
+}
 __all__ = [
     "SearchSpace",
     "Study",
@@ -18,14 +41,10 @@ __all__ = [
     "measure",
     "run_study",
 ]
-
-
-def __getattr__(name: str) -> object:  # lazy: importing nas_kd should not import Ray
-    if name == "run_study":
-        from nas_kd.search.runner import run_study
-
-        return run_study
-    raise AttributeError(f"module 'nas_kd' has no attribute {name!r}")
-
-
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'nas_kd' has no attribute {name!r}")

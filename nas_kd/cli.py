@@ -9,8 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 EXIT_USAGE = 2
 
 
@@ -32,9 +30,13 @@ def _overrides(values: list[str] | None) -> dict[str, Any]:
 
 
 def _study(args: argparse.Namespace):
+    """The study file, validated and proven able to start (``nas_kd.preflight``)."""
     from nas_kd.config import load_study
+    from nas_kd.preflight import check_study
 
-    return load_study(args.study, _overrides(getattr(args, "set", None)))
+    study = load_study(args.study, _overrides(getattr(args, "set", None)))
+    check_study(study)
+    return study
 
 
 def _read_arch(path: str) -> dict[str, Any]:
@@ -75,6 +77,8 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from nas_kd.checkpoint import save_model_dir
     from nas_kd.distill import parse_distiller_space
     from nas_kd.pipeline import ready_teachers, resolve_device, study_data, train_student
@@ -94,7 +98,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         choice = space.choices[space.names.index(name)]
         if any(p.searchable for p in choice.settings.values()):
             raise UsageError(f"{args.study}: distiller: settings are searchable; `train` needs fixed values")
-        settings = {k: p.sample(np.random.default_rng(0)) for k, p in choice.settings.items()}
+        rng = np.random.default_rng(0)
+        settings = {k: p.sample(rng) for k, p in choice.settings.items()}
     device = resolve_device(args.device)
     data = study_data(study, device)
     teachers = [c.as_teacher(device) for c in ready_teachers(study, data)]
@@ -280,10 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # before any heavy import: --help answers at once
     from nas_kd.config import StudyError
     from nas_kd.data import DatasetNotFound
 
-    args = build_parser().parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines appear live even when piped to a file
     user_errors: tuple[type[Exception], ...] = (StudyError, UsageError, DatasetNotFound)
     if args.command == "search":

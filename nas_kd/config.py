@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
 
 from nas_kd.data import DATASETS
 
@@ -45,11 +45,15 @@ class DataConfig(Strict):
         return value
 
 
+MAX_EPOCHS = 10_000  # documented bounds: a typo (1e30) fails at validate time, not after hours of set-up
+MAX_TRIALS = 1_000_000
+
+
 class TrainConfig(Strict):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(128, ge=1, le=65_536)
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0)
+    lr: float = Field(0.05, gt=0, le=100)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
@@ -101,14 +105,17 @@ class SchedulerConfig(Strict):
 class SearchConfig(Strict):
     # A file, an inline mapping, or a list of either (one per family); run directories hold the inlined form.
     space: str | dict[str, Any] | list[str | dict[str, Any]] = "search_spaces/resnet.yaml"
-    trials: int = Field(12, ge=1)
+    trials: int = Field(12, ge=1, le=MAX_TRIALS)
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     objectives: list[str] = Field(default_factory=lambda: ["val_accuracy", "params"])
     max_concurrent: int | None = Field(None, ge=1)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    constraints: dict[Literal["max_params", "max_flops", "max_model_bytes", "max_latency_ms"], float] = Field(
+    constraints: dict[Literal["max_params", "max_flops", "max_model_bytes", "max_latency_ms"], PositiveFloat] = Field(
         default_factory=dict
     )
+    # A trial checkpoints at most this often (and always at scheduler rungs and at its last epoch), so short
+    # epochs do not pay for a checkpoint each; a killed driver loses at most this much of a trial's work.
+    checkpoint_seconds: float = Field(30.0, ge=0)
 
     @field_validator("objectives")
     @classmethod
@@ -170,14 +177,17 @@ def _field_name(loc: tuple[Any, ...]) -> str:
 
 
 def _resolve(base: Path, value: str) -> str:
-    """Paths in a study are relative to the study file's folder, else to the current directory."""
+    """Paths in a study are relative to the study file's folder, never to the current directory: the same
+    study then means the same files from wherever it is run."""
     path = Path(value).expanduser()
-    if path.is_absolute():
-        return str(path)
-    for candidate in (base / path, Path.cwd() / path):
-        if candidate.exists():
-            return str(candidate.resolve())
-    return str(base / path)
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def _not_found(path: str, value: str) -> str:
+    tried = (
+        path if Path(value).expanduser().is_absolute() else f"{path} (relative paths are read from the study's folder)"
+    )
+    return f"file not found: {tried}"
 
 
 def study_from_dict(raw: Any, source: str | Path = "<study>", base: Path | None = None) -> Study:
@@ -220,9 +230,10 @@ def _check_files(study: Study, source: str | Path, base: Path) -> None:
         sources.append(("student", study.student))
     for field, model_source in sources:
         if model_source.arch_file is not None:
-            model_source.arch_file = _resolve(base, model_source.arch_file)
+            given = model_source.arch_file
+            model_source.arch_file = _resolve(base, given)
             if not Path(model_source.arch_file).is_file():
-                raise StudyError(source, f"{field}.arch_file", f"file not found: {model_source.arch_file}")
+                raise StudyError(source, f"{field}.arch_file", _not_found(model_source.arch_file, given))
             try:
                 model_source.genome()
             except json.JSONDecodeError as error:
@@ -231,10 +242,10 @@ def _check_files(study: Study, source: str | Path, base: Path) -> None:
     if isinstance(spaces, (str, list)):
         items = [spaces] if isinstance(spaces, str) else spaces
         resolved = [_resolve(base, item) if isinstance(item, str) else item for item in items]
-        for i, path in enumerate(resolved):
+        for i, (path, given) in enumerate(zip(resolved, items, strict=True)):
             if isinstance(path, str) and not Path(path).is_file():
                 where = "search.space" if isinstance(spaces, str) else f"search.space.{i}"
-                raise StudyError(source, where, f"file not found: {path}")
+                raise StudyError(source, where, _not_found(path, given))
         study.search.space = resolved[0] if isinstance(spaces, str) else resolved
     # Absolute, so Ray workers with another working directory find the same teacher cache.
     study.runs_dir = str(Path(study.runs_dir).expanduser().resolve())
