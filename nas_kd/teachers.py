@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,7 @@ def cached_model(
             }
             arrays = {"train_logits": logits}
             save_model_dir(path, model, payload["arch"], data.input_shape, data.num_classes, info, arrays)
+            shutil.rmtree(root / f"{key}.partial", ignore_errors=True)  # the epoch checkpoints of train_fn
         else:
             log(f"{name} ({key}) loaded from cache")
     return CachedModel(path, read_model_info(path))
@@ -116,18 +118,31 @@ def train_plain(
     settings: dict[str, Any] | None = None,
     teachers: list[Teacher] | None = None,
     log: Callable[[str], None] = print,
+    resume_dir: Path | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train ``arch`` from scratch with a distiller; returns the model and its accuracies."""
+    """Train ``arch`` from scratch with a distiller; returns the model and its accuracies.
+
+    With ``resume_dir`` the whole trainer state is saved there after every epoch and training continues from
+    it if it is there already (a driver killed while a teacher trains loses at most one epoch)."""
     from nas_kd.pipeline import make_trainer  # pipeline builds on this module
     from nas_kd.train import evaluate
 
     trainer = make_trainer(arch, data, cfg, seed, augment_data, distiller, settings, teachers)
-    # Logged as each epoch ends: a teacher or assistant can train for tens of minutes.
-    trainer.fit(
-        on_epoch=lambda result, _: log(
-            f"  epoch {result.epoch}/{cfg.epochs} val_accuracy {result.val_accuracy:.4f} ({result.seconds:.1f}s)"
-        )
-    )
+    state_file = resume_dir / "trainer.pt" if resume_dir is not None else None
+    if state_file is not None and state_file.is_file():
+        trainer.load_state_dict(torch.load(state_file, weights_only=True, map_location=trainer.device))
+        log(f"  resuming from epoch {trainer.epoch}/{cfg.epochs}")
+
+    def on_epoch(result: Any, trainer: Any) -> None:
+        # Logged as each epoch ends: a teacher or assistant can train for tens of minutes.
+        log(f"  epoch {result.epoch}/{cfg.epochs} val_accuracy {result.val_accuracy:.4f} ({result.seconds:.1f}s)")
+        if state_file is not None:
+            state_file.parent.mkdir(parents=True, exist_ok=True)
+            partial = state_file.with_suffix(".partial")
+            torch.save(trainer.state_dict(), partial)
+            partial.replace(state_file)  # atomic: a kill never leaves half a state
+
+    trainer.fit(on_epoch)
     student = trainer.distiller.export_student()
     return student, {
         "val_accuracy": evaluate(student, data.val),
@@ -154,7 +169,10 @@ def prepare_teachers(study: Study, data: Dataset, log: Callable[[str], None] = p
         payload = teacher_payload(study, teacher)
         name = f"teacher{i}" if len(study.all_teachers()) > 1 else "teacher"
 
-        def train_fn(teacher: TeacherConfig = teacher) -> tuple[nn.Module, dict[str, Any]]:
+        root = cache_root(study.runs_dir)
+        partial = root / f"{content_key(payload)}.partial"
+
+        def train_fn(teacher: TeacherConfig = teacher, resume_dir: Path = partial) -> tuple[nn.Module, dict[str, Any]]:
             return train_plain(
                 teacher.genome(),
                 data,
@@ -162,9 +180,10 @@ def prepare_teachers(study: Study, data: Dataset, log: Callable[[str], None] = p
                 study.teacher_seed(teacher),
                 study.data.augment,
                 log=log,
+                resume_dir=resume_dir,
             )
 
-        ready.append(cached_model(cache_root(study.runs_dir), payload, train_fn, data, name, log))
+        ready.append(cached_model(root, payload, train_fn, data, name, log))
     return ready
 
 

@@ -82,6 +82,24 @@ class RunDirectory(tune.Callback):
     def student_epochs(self) -> int:
         return int(sum(int(r.get("epochs") or 0) for r in self.rows.values()))
 
+    def forget_trials(self, keep: set[str]) -> list[str]:
+        """Drop every trial not in ``keep`` (rows, curves, saved students); returns the dropped ids.
+
+        Used on resume for trials the interrupted driver recorded but Tune's snapshot did not (search/resume.py).
+        """
+        self.load()
+        gone = [trial_id for trial_id in self.rows if trial_id not in keep]
+        for trial_id in gone:
+            row = self.rows.pop(trial_id)
+            if row.get("student_path"):
+                shutil.rmtree(row["student_path"], ignore_errors=True)
+        if gone:
+            self.curves = [c for c in self.curves if c["trial_id"] not in gone]
+            write_table(self.run_dir / "curves.csv", self.curves, CURVE_COLUMNS)
+            self.update_front()
+            self._write()
+        return gone
+
     # -- Tune events --------------------------------------------------------------------------------
     def _row(self, trial: Any) -> dict[str, Any]:
         row = self.rows.get(trial.trial_id)
@@ -118,6 +136,13 @@ class RunDirectory(tune.Callback):
         if result.get("rejected"):
             row["error"] = f"rejected by constraint: {result['rejected']}"
             return
+        redone = [c for c in self.curves if c["trial_id"] == trial.trial_id and c["epoch"] >= epoch]
+        if redone:  # resumed from a checkpoint older than its last report: those epochs are trained again
+            self.curves = [c for c in self.curves if not (c["trial_id"] == trial.trial_id and c["epoch"] >= epoch)]
+            row["redone_epochs"] = int(row.get("redone_epochs") or 0) + len(redone)
+            row["redone_seconds"] = round(
+                float(row.get("redone_seconds") or 0) + sum(float(c.get("seconds") or 0) for c in redone), 3
+            )
         self.curves.append(
             {
                 "trial_id": trial.trial_id,

@@ -28,10 +28,12 @@ from ray import tune
 from nas_kd.config import Study, load_study, study_from_dict
 from nas_kd.distill import parse_distiller_space
 from nas_kd.pipeline import ready_teachers, study_data
+from nas_kd.preflight import check_study
 from nas_kd.results import read_json, read_trials, write_json
 from nas_kd.search.bookkeeping import RunDirectory
 from nas_kd.search.metrics import StudyMetricsCallback
 from nas_kd.search.pareto import directions, modes
+from nas_kd.search.resume import ReconcileRestored
 from nas_kd.search.trainable import train_trial
 from nas_kd.space import load_space
 from nas_kd.teachers import teacher_bundle
@@ -137,7 +139,9 @@ def _prepare_run_dir(study: Study, run_dir: Path, resume: bool, fresh: bool) -> 
     exists = (run_dir / "run.json").exists()
     source = study.path or "<study>"
     if resume:
-        if not exists or not (run_dir / TUNE_DIR).exists():
+        # A run killed before its first trial (teachers still training) has run.json but no tune/: it continues
+        # too, with its teachers' epoch checkpoints and a fresh Tuner on the same Optuna study.
+        if not exists:
             raise SearchError(f"{source}: nothing to resume: {run_dir} holds no run")
         return read_json(run_dir / "run.json")
     if exists and not fresh:
@@ -212,6 +216,7 @@ def run_study(
             raise ValueError("overrides apply to a study file path, not to a Study object")
     else:
         study = load_study(study_or_path, overrides)
+    check_study(study)  # anything that would fail after Ray started fails here, before anything is written
     if runs_dir is not None:  # teachers are cached under the same runs_dir as the run itself
         study = study.model_copy(update={"runs_dir": str(Path(runs_dir).resolve())})
     run_dir = run_dir_of(study)
@@ -244,11 +249,16 @@ def run_study(
             log=log,
             on_front=metrics.update_front,
         )
+        fresh_callbacks: list[tune.Callback] = [bookkeeping, metrics]
+        if resume:
+            fresh_callbacks.append(ReconcileRestored(bookkeeping.forget_trials, run["storage"], run["study_name"], log))
         log(f"searching {study.search.trials} trials x {study.train.epochs} epochs of {study.name} -> {run_dir}")
         with quiet_libraries():
-            if resume:
-                tuner = tune.Tuner.restore(str(run_dir / TUNE_DIR), trainable, resume_unfinished=True)
+            if resume and tune.Tuner.can_restore(str(run_dir / TUNE_DIR)):
+                tuner = _restore_tuner(run_dir / TUNE_DIR, trainable, fresh_callbacks)
             else:
+                if resume:  # killed before Tune's first snapshot: start the trials over, same Optuna study
+                    shutil.rmtree(run_dir / TUNE_DIR, ignore_errors=True)
                 scheduler, scheduler_callbacks = make_scheduler(
                     study.search.scheduler, study.search.objectives, study.train.epochs
                 )
@@ -264,7 +274,7 @@ def run_study(
                     run_config=tune.RunConfig(
                         name=TUNE_DIR,
                         storage_path=str(run_dir),
-                        callbacks=[bookkeeping, *scheduler_callbacks, metrics],
+                        callbacks=[*fresh_callbacks[:1], *scheduler_callbacks, *fresh_callbacks[1:]],
                         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                         failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                         verbose=0,
@@ -275,6 +285,18 @@ def run_study(
         if started_ray:
             ray.shutdown()
     return _finish(study, run_dir, report, log)
+
+
+def _restore_tuner(path: Path, trainable: Any, fresh_callbacks: list[tune.Callback]) -> tune.Tuner:
+    """``Tuner.restore`` with this driver's callbacks: the restored experiment keeps its own scheduler state
+    callback, while the run directory, metrics and the reconciler are this driver's objects (their log and
+    hooks). ``Tuner.restore`` takes no callbacks, hence the private ``_local_tuner``."""
+    tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False)
+    run_config = tuner._local_tuner.get_run_config()
+    fresh = {type(callback): callback for callback in fresh_callbacks}
+    # Same order as at the start (callback states are restored by position); new kinds go last.
+    run_config.callbacks = [fresh.pop(type(c), c) for c in run_config.callbacks or []] + list(fresh.values())
+    return tuner
 
 
 @contextlib.contextmanager

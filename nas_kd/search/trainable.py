@@ -1,13 +1,16 @@
 """The Ray Tune trainable: one trial = one student trained by one distiller.
 
-It lives in the package (Ray workers unpickle it by import). It reports once per epoch with a
-checkpoint of the whole trainer state, so an interrupted trial resumes from its last epoch.
+It lives in the package (Ray workers unpickle it by import). It reports once per epoch; it attaches a
+checkpoint of the whole trainer state at most every ``search.checkpoint_seconds`` (and always at scheduler
+rungs and at the last epoch), so an interrupted trial resumes from its last checkpoint and loses at most that
+much work, while short epochs do not pay for a checkpoint each.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from nas_kd.config import Study
 from nas_kd.data import Dataset
 from nas_kd.pipeline import build_trainer, study_data
 from nas_kd.search.metrics import TrialMetrics
+from nas_kd.search.schedulers import rung_milestones
 from nas_kd.teachers import teacher_from_bundle
 from nas_kd.train import EpochResult, Trainer, evaluate
 
@@ -52,6 +56,15 @@ def constraint_violations(study: Study, cost: dict[str, Any]) -> list[str]:
         if value is not None and value > limit:
             broken.append(f"{name.removeprefix('max_')} {value:,.6g} > {name} {limit:,.6g}")
     return broken
+
+
+def checkpoint_epochs(study: Study) -> set[int]:
+    """Epochs that always checkpoint: the scheduler's rungs (a trial stopped there keeps its state) and the last."""
+    scheduler, epochs = study.search.scheduler, study.train.epochs
+    rungs = (
+        [] if scheduler.name == "fifo" else rung_milestones(scheduler.grace_epochs, scheduler.reduction_factor, epochs)
+    )
+    return {*rungs, epochs}
 
 
 def train_trial(config: dict[str, Any], study: dict[str, Any], teachers: list[dict[str, Any]]) -> None:
@@ -87,8 +100,11 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], teachers: list[di
             trainer.load_state_dict(torch.load(Path(folder) / TRAINER_STATE, weights_only=True, map_location=device))
 
     trial_metrics = TrialMetrics.for_current_trial(study_obj.name)
+    must_checkpoint = checkpoint_epochs(study_obj)
+    last_checkpoint = time.monotonic()
 
     def on_epoch(result: EpochResult, trainer: Trainer) -> None:
+        nonlocal last_checkpoint
         trial_metrics.record_epoch(result.epoch, result.val_accuracy, result.images_per_second)
         metrics: dict[str, Any] = {
             "epoch": result.epoch,
@@ -100,6 +116,10 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], teachers: list[di
             **{f"loss/{k}": v for k, v in result.losses.items()},
             **cost,
         }
+        due = time.monotonic() - last_checkpoint >= study_obj.search.checkpoint_seconds
+        if not due and result.epoch not in must_checkpoint:
+            tune.report(metrics)
+            return
         with tempfile.TemporaryDirectory() as folder:
             torch.save(trainer.state_dict(), os.path.join(folder, TRAINER_STATE))
             if result.epoch == max_epochs:
@@ -112,5 +132,6 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], teachers: list[di
                      "test_accuracy": metrics["test_accuracy"]},
                 )  # fmt: skip
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        last_checkpoint = time.monotonic()
 
     trainer.fit(on_epoch)

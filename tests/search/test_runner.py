@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from wsgiref.util import setup_testing_defaults
@@ -137,44 +140,114 @@ def test_constraint_rejects_before_training(tmp_path: Path) -> None:
 
 
 EPOCHS = 16  # long enough trials to be caught mid-way
+TRIALS = 4
 
 
-def _cli(tmp_path: Path, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "nas_kd.cli", "search", str(QUICKSTART), "--runs-dir", str(tmp_path),
-               "--no-dashboard", *extra]  # fmt: skip
-    return subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
+class Driver:
+    """``nas-kd search`` in a subprocess with a Ray of its own (its own temp dir), so that a test can SIGKILL
+    the driver and every Ray process it started without touching any other Ray on the machine."""
+
+    def __init__(self, tmp_path: Path, *extra: str):
+        self.ray_dir = tempfile.mkdtemp(prefix="nkray", dir="/tmp")  # short: Ray's socket paths have a limit
+        command = [sys.executable, "-m", "nas_kd.cli", "search", str(QUICKSTART), "--runs-dir", str(tmp_path),
+                   "--no-dashboard", *extra]  # fmt: skip
+        self.output = tmp_path / f"driver-{time.monotonic_ns()}.log"
+        self.process = subprocess.Popen(
+            command,
+            stdout=self.output.open("w"),
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, "RAY_TMPDIR": self.ray_dir},
+        )
+
+    def text(self) -> str:
+        return self.output.read_text()
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the driver's process group and every process of its Ray (found by its temp dir)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        for _ in range(3):
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                with contextlib.suppress(OSError, ValueError):
+                    if self.ray_dir.encode() in cmdline.read_bytes():
+                        os.kill(int(cmdline.parent.name), signal.SIGKILL)
+            time.sleep(0.2)
+        shutil.rmtree(self.ray_dir, ignore_errors=True)
 
 
-def test_sigkill_then_resume_finishes_exactly_the_trials_asked_for(tmp_path: Path) -> None:
-    settings = {**SMALL, "train.epochs": EPOCHS, "search.max_concurrent": 1}
-    driver = _cli(tmp_path, *(f"--set={k}={json.dumps(v)}" for k, v in settings.items()))
-    trials_csv = tmp_path / "quickstart" / "trials.csv"
+def _finished(trials_csv: Path) -> pd.DataFrame:
+    if not trials_csv.exists() or trials_csv.stat().st_size == 0:
+        return pd.DataFrame(columns=["status", "epochs"])
+    return pd.read_csv(trials_csv)
+
+
+KILL_POINTS = {
+    # When to SIGKILL the first driver, as seen in what it wrote.
+    "teacher training": lambda out, trials: "epoch 4/40" in out,
+    "mid-trial": lambda out, trials: (trials["status"] == "COMPLETE").sum() >= 1
+    and ((trials["status"] == "RUNNING") & (trials["epochs"] >= 2)).any(),
+    "between trials": lambda out, trials: (trials["status"] == "COMPLETE").sum() >= 1
+    and not (trials["status"] == "RUNNING").any(),
+    "final report": lambda out, trials: len(trials) == TRIALS and trials["status"].eq("COMPLETE").all(),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_point", list(KILL_POINTS))
+def test_sigkill_then_resume_finishes_exactly_the_trials_asked_for(tmp_path: Path, kill_point: str) -> None:
+    checkpoint_seconds = 0.3
+    settings = {
+        **SMALL,
+        "train.epochs": EPOCHS,
+        "search.trials": TRIALS,
+        "search.max_concurrent": 1,
+        "search.checkpoint_seconds": checkpoint_seconds,
+        "teacher.train.epochs": 40 if kill_point == "teacher training" else 3,
+    }
+    run_dir = tmp_path / "quickstart"
+    driver = Driver(tmp_path, *(f"--set={k}={json.dumps(v)}" for k, v in settings.items()))
     deadline = time.time() + 300
-    while time.time() < deadline and driver.poll() is None:  # kill once a trial finished, the next mid-way
-        if trials_csv.exists():
-            trials = pd.read_csv(trials_csv)
-            running = trials[(trials["status"] == "RUNNING") & (trials["epochs"] >= 1)]
-            if (trials["status"] == "COMPLETE").sum() >= 1 and len(running):
-                break
-        time.sleep(0.05)
-    else:
+    try:
+        while not KILL_POINTS[kill_point](driver.text(), _finished(run_dir / "trials.csv")):
+            if driver.process.poll() is not None or time.time() > deadline:
+                pytest.fail(f"the search never got to {kill_point}: {driver.text()[-2000:]}")
+            time.sleep(0.02)
+    finally:
         driver.kill()
-        pytest.fail(f"the search never got part-way: {driver.communicate()[0][-2000:]}")
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray processes it started
-    driver.wait()
-    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
-    assert json.loads((tmp_path / "quickstart" / "run.json").read_text())["state"] == "running"
+    assert json.loads((run_dir / "run.json").read_text())["state"] == "running"
 
-    resumed = _cli(tmp_path, "--resume")  # no overrides: --resume continues the study as it was started
-    output = resumed.communicate(timeout=600)[0]
-    assert resumed.returncode == 0, output[-3000:]
-    trials = pd.read_csv(trials_csv)
-    assert len(trials) == 4 and (trials["status"] == "COMPLETE").all(), output[-3000:]
+    resumed = Driver(tmp_path, "--resume")  # no overrides: --resume continues the study as it was started
+    assert resumed.wait(timeout=600) == 0, resumed.text()[-3000:]
+    output = resumed.text()
+    if kill_point == "teacher training":  # the teacher goes on from its last epoch checkpoint
+        assert "resuming from epoch" in output and "epoch 1/40" not in output, output[-3000:]
+    trials = pd.read_csv(run_dir / "trials.csv")
+    assert len(trials) == TRIALS and (trials["status"] == "COMPLETE").all(), output[-3000:]
     assert (trials["epochs"] == EPOCHS).all()
-    curves = pd.read_csv(tmp_path / "quickstart" / "curves.csv")
-    assert not curves.duplicated(["trial_id", "epoch"]).any()  # no epoch trained twice
+    curves = pd.read_csv(run_dir / "curves.csv")
+    assert not curves.duplicated(["trial_id", "epoch"]).any()
     assert (curves.groupby("trial_id")["epoch"].nunique() == EPOCHS).all()
-    assert json.loads((tmp_path / "quickstart" / "run.json").read_text())["state"] == "finished"
+    assert set(curves["trial_id"]) == set(trials["trial_id"])
+    # No work older than the last checkpoint is trained again: at most the checkpoint interval, plus the epoch
+    # in flight and one more (Tune's snapshot may trail the run directory by one report).
+    if "redone_seconds" in trials:
+        slowest_epoch = curves["seconds"].max()
+        assert trials["redone_seconds"].fillna(0).max() <= checkpoint_seconds + 2 * slowest_epoch + 0.05
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["state"] == "finished" and (run_dir / "report.html").stat().st_size > 0
     assert np.isfinite(trials["val_accuracy"]).all()
+    # Optuna's storage: exactly the trials of the run COMPLETE, and no ghost left RUNNING.
+    stored = optuna.load_study(study_name=run["study_name"], storage=run["storage"]).trials
+    states = [t.state for t in stored]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == TRIALS
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert all(t.user_attrs.get("lost") for t in stored if t.state == optuna.trial.TrialState.FAIL)
