@@ -39,12 +39,14 @@ import torch
 from nas_kd.bench.tables import append_run, mean_std, new_runs_csv, publish, read_runs
 from nas_kd.config import SchedulerConfig, Study, load_study, parse_override
 from nas_kd.pipeline import ready_teachers, study_data
-from nas_kd.results import HYPERVOLUME_COLUMNS, read_table
+from nas_kd.results import HYPERVOLUME_COLUMNS, read_json, read_table
 from nas_kd.search.schedulers import rung_milestones
 
 DEFAULT_STUDY = "studies/quickstart.yaml"
 SETUP_COLUMNS = ("study", "budget", "epochs", "device")
-RUN_COLUMNS = ("arm", "seed", "hypervolume", "student_epochs", "trials", "complete", "failed", "wall_seconds")
+RUN_COLUMNS = (
+    "arm", "seed", "hypervolume", "student_epochs", "trials", "complete", "failed", "wall_seconds", "slot_use",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,7 @@ def search_run(
     last = curve.iloc[-1] if len(curve) else pd.Series({"hypervolume": 0.0, "student_epochs": 0, "wall_seconds": 0.0})
     trials = result.trials[result.trials["trial_id"].isin(curve["trial_id"])]
     failed = trials[trials["status"] == "FAILED"]
+    run_wall = float(read_json(result.run_dir / "run.json", {}).get("wall_seconds") or seconds)
     row = {
         "arm": arm.name,
         "seed": seed,
@@ -182,13 +185,25 @@ def search_run(
         "failed": len(failed),
         "wall_seconds": float(last["wall_seconds"]),
         "run_seconds": seconds,
+        "slot_use": slot_use(result.trials, arm_study, run_wall),
     }
     print(
         f"  {arm.name:<34} seed {seed}: hypervolume {row['hypervolume']:.4f}, {row['student_epochs']} student-epochs, "
-        f"{row['complete']}/{row['trials']} trials complete, {row['wall_seconds']:.0f}s"
+        f"{row['complete']}/{row['trials']} trials complete, {row['wall_seconds']:.0f}s, slots {row['slot_use']:.0%} busy"
         + (f"; {len(failed)} failed, first: {failed['error'].iloc[0]}" if len(failed) else "")
     )
     return row
+
+
+def slot_use(trials: pd.DataFrame, study: Study, wall_seconds: float) -> float:
+    """Share of the search's trial slots spent training: the trials' training seconds over slots x wall
+    (what is left is Tune start-up, scheduling, evaluation, reporting and checkpoints)."""
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    slots = max(1, int(cpus // study.resources.cpu))
+    if study.search.max_concurrent:
+        slots = min(slots, study.search.max_concurrent)
+    training = float(pd.to_numeric(trials.get("seconds"), errors="coerce").fillna(0).sum()) if len(trials) else 0.0
+    return training / (slots * wall_seconds) if wall_seconds > 0 else 0.0
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -206,6 +221,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
                 "student-epochs": f"{group['student_epochs'].mean():.0f}",
                 "complete trials": f"{group['complete'].mean():.1f}",
                 "wall s": mean_std(group["wall_seconds"], 0),
+                "slot use": f"{group['slot_use'].mean():.0%}" if "slot_use" in group else "-",
             }
         )
     return pd.DataFrame(rows)

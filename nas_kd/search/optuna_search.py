@@ -15,6 +15,13 @@ the last one). With ``constraints`` ({metric: maximum}) every trial gets Optuna 
 ``value / maximum - 1`` (feasible when <= 0): TPE and NSGA-II steer away from infeasible students and
 ``best_trials`` leaves them out.
 
+No student is trained twice, and no candidate over a size constraint takes a trial: ``suggest`` redraws
+(up to ``MAX_REDRAWS`` times) a candidate whose key (``candidates.candidate_key``) equals one already finished,
+telling Optuna the first one's outcome at once (user attribute ``duplicate_of``), and one that ``size_check``
+rejects, telling it PRUNED with its constraint values (user attribute ``rejected``), so the sampler learns from
+both while Tune only ever sees new, feasible students and ``trials: N`` means N students trained. A repeat of
+a failed candidate is told FAIL the same way (training is deterministic for a seed).
+
 It uses OptunaSearch's private ``_ot_trials``, ``_ot_study`` and ``_completed_trials`` (Ray 2.60) and
 pickles like it (searcher checkpoints): the space must be a module-level function or picklable object.
 """
@@ -24,17 +31,31 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from nas_kd.search.candidates import candidate_key
+
 logger = logging.getLogger(__name__)
 
 EPOCH = "epoch"
 REJECTED = "rejected"  # result key: why a trial was rejected before training
+CANDIDATE = "candidate"  # user attribute: candidate_key of the trial's config
+DUPLICATE_OF = "duplicate_of"  # user attribute: number of the trial whose outcome a repeat was told
+UNTRAINED = "untrained"  # user attribute of a candidate answered by the searcher: "repeat" or "over size constraint"
+MAX_REDRAWS = 100  # a space (nearly) exhausted by the constraints and earlier trials trains a repeat after this
+
+
+@dataclass(frozen=True)
+class Outcome:
+    number: int
+    state: TrialState
+    values: list[float] | None
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
@@ -50,6 +71,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         max_epochs: int,
         epoch_attr: str = EPOCH,
         constraints: Mapping[str, float] | None = None,
+        size_check: Callable[[dict[str, Any]], tuple[str | None, dict[str, int]]] | None = None,
         points_to_evaluate: list[dict[str, Any]] | None = None,
         sampler: optuna.samplers.BaseSampler | None = None,
         study_name: str | None = None,
@@ -70,6 +92,48 @@ class PruningAwareOptunaSearch(OptunaSearch):
         self._epoch_attr = epoch_attr
         self._constraints = dict(constraints or {})
         self._last_results: dict[str, dict[str, Any]] = {}  # trial_id -> last result, for errored trials
+        self._size_check = size_check
+        self._outcomes: dict[str, Outcome] | None = None  # candidate key -> first trained outcome (from storage)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._outcomes = None  # the storage may know more than the snapshot did: rebuild from it
+
+    def known_outcomes(self) -> dict[str, Outcome]:
+        """Finished candidates that were trained (not repeats, not lost in a crash) by key; read once from the
+        storage, then kept up to date. A repeat of a pruned candidate is told PRUNED: it would stop at the same rung."""
+        if self._outcomes is None:
+            self._outcomes = {}
+            finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+            for trial in self._ot_study.get_trials(deepcopy=False, states=finished):
+                attrs = trial.user_attrs
+                if CANDIDATE in attrs and UNTRAINED not in attrs and "lost" not in attrs:
+                    self._outcomes.setdefault(attrs[CANDIDATE], Outcome(trial.number, trial.state, trial.values))
+        return self._outcomes
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        for _ in range(MAX_REDRAWS):
+            config = super().suggest(trial_id)
+            if not isinstance(config, dict):
+                return config
+            ot_trial = self._ot_trials[trial_id]
+            key = candidate_key(config)
+            ot_trial.set_user_attr(CANDIDATE, key)
+            known = self.known_outcomes().get(key)
+            reason, costs = self._size_check(config) if self._size_check and known is None else (None, {})
+            if known is None and reason is None:
+                return config
+            # Answered without training; the next ask draws a new candidate for the same Tune trial.
+            del self._ot_trials[trial_id]
+            ot_trial.set_user_attr(UNTRAINED, "repeat" if known is not None else "over size constraint")
+            if known is not None:
+                ot_trial.set_user_attr(DUPLICATE_OF, known.number)
+                self._ot_study.tell(ot_trial, known.values, state=known.state)
+            else:
+                self._outcome(ot_trial, {EPOCH: 0, REJECTED: reason, **costs}, error=False)
+                self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        logger.warning("no new feasible candidate in %d draws: training a repeat", MAX_REDRAWS)
+        return config
 
     @property
     def metrics(self) -> list[str]:
@@ -97,6 +161,9 @@ class PruningAwareOptunaSearch(OptunaSearch):
         except Exception as exc:  # as OptunaSearch does: a refused tell must not stop the experiment
             logger.warning("Optuna refused trial %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
+        candidate = ot_trial.user_attrs.get(CANDIDATE)
+        if candidate:
+            self.known_outcomes().setdefault(candidate, Outcome(ot_trial.number, state, values))
 
     def _outcome(
         self, ot_trial: optuna.Trial, result: dict[str, Any], error: bool

@@ -25,15 +25,20 @@ import torch
 import yaml
 from ray import tune
 
+from nas_kd.arch import arch_summary
 from nas_kd.config import Study, load_study, study_from_dict
 from nas_kd.distill import parse_distiller_space
 from nas_kd.pipeline import ready_teachers, study_data
-from nas_kd.preflight import check_study
+from nas_kd.preflight import check_study, data_shape
+from nas_kd.report import write_report
 from nas_kd.results import read_json, read_trials, write_json
 from nas_kd.search.bookkeeping import RunDirectory
+from nas_kd.search.candidates import SizeCheck
 from nas_kd.search.metrics import StudyMetricsCallback
-from nas_kd.search.pareto import directions, modes
+from nas_kd.search.optuna_search import UNTRAINED, PruningAwareOptunaSearch
+from nas_kd.search.pareto import StudyHypervolume, directions, modes
 from nas_kd.search.resume import ReconcileRestored
+from nas_kd.search.schedulers import make_scheduler
 from nas_kd.search.trainable import train_trial
 from nas_kd.space import load_space
 from nas_kd.teachers import teacher_bundle
@@ -93,8 +98,6 @@ def optuna_storage_url(run_dir: Path) -> str:
 
 
 def make_searcher(study: Study, run_dir: Path, study_name: str) -> Any:
-    from nas_kd.search.optuna_search import PruningAwareOptunaSearch
-
     resolved = study.resolved()
     objectives = study.search.objectives
     return PruningAwareOptunaSearch(
@@ -106,6 +109,7 @@ def make_searcher(study: Study, run_dir: Path, study_name: str) -> Any:
         storage=optuna.storages.RDBStorage(optuna_storage_url(run_dir)),
         max_epochs=study.train.epochs,
         constraints={k.removeprefix("max_"): v for k, v in study.search.constraints.items()},
+        size_check=SizeCheck(study.search.constraints, *data_shape(study)),
     )
 
 
@@ -170,8 +174,6 @@ def _prepare_run_dir(study: Study, run_dir: Path, resume: bool, fresh: bool) -> 
 
 
 def _teachers_json(cached: list[Any], run_dir: Path) -> None:
-    from nas_kd.arch import arch_summary
-
     write_json(
         run_dir / "teachers.json",
         [
@@ -225,8 +227,6 @@ def run_study(
         source = study.path
         study = study_from_dict(yaml.safe_load((run_dir / "study.yaml").read_text()), run_dir / "study.yaml")
         study.path = source
-    from nas_kd.search.schedulers import make_scheduler
-
     started_ray = not ray.is_initialized()
     try:
         start_ray(address, cpus, dashboard, dashboard_host, log)
@@ -327,9 +327,17 @@ def quiet_libraries() -> Iterator[None]:
             os.environ["RAY_AIR_NEW_OUTPUT"] = output_engine
 
 
-def _hypervolume_fn(study: Study, cached: list[Any]) -> Any:
-    from nas_kd.search.pareto import StudyHypervolume
+def untrained_candidates(run: dict[str, Any]) -> dict[str, int]:
+    """Candidates the searcher answered without a trial (optuna_search.py): repeats and size rejections."""
+    try:
+        trials = optuna.load_study(study_name=run["study_name"], storage=run["storage"]).get_trials(deepcopy=False)
+    except KeyError:  # no trial was ever asked for
+        trials = []
+    answers = [t.user_attrs.get(UNTRAINED) for t in trials]
+    return {"repeats": answers.count("repeat"), "rejected": answers.count("over size constraint")}
 
+
+def _hypervolume_fn(study: Study, cached: list[Any]) -> Any:
     teacher = cached[0].info if cached else None
     return StudyHypervolume(study.search.objectives, teacher)
 
@@ -339,15 +347,18 @@ def _finish(study: Study, run_dir: Path, report: bool, log: Any) -> SearchResult
     finished = trials["status"].isin(["COMPLETE", "PRUNED", "FAILED", "REJECTED"]).sum() if len(trials) else 0
     run = read_json(run_dir / "run.json", {})
     run["state"] = "finished" if finished >= study.search.trials else "interrupted"
+    run["answered_without_training"] = untrained_candidates(run)
     write_json(run_dir / "run.json", run)
     pareto = read_json(run_dir / "pareto.json", {"members": []})["members"]
     report_path = None
     if report:
-        from nas_kd.report import write_report
-
         report_path = write_report(run_dir)
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
-    log(f"\n{study.name}: {run['state']}; trials {counts}")
+    untrained = run["answered_without_training"]
+    log(
+        f"\n{study.name}: {run['state']}; trials {counts}; candidates answered without training: "
+        f"{untrained['repeats']} repeats, {untrained['rejected']} over a size constraint"
+    )
     log(f"Pareto set ({len(pareto)} students):")
     for member in pareto:
         m = member["metrics"]

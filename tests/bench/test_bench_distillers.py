@@ -9,6 +9,8 @@ import pytest
 
 from nas_kd.cli import main
 
+pytestmark = pytest.mark.slow  # Ray, searches or end-to-end runs: left out of `make test-fast`
+
 QUICKSTART = Path(__file__).resolve().parents[2] / "studies" / "quickstart.yaml"
 SETUP = {"study": "fashion_mnist", "student": "cnn 16|16x1 32x1 64x1", "params": 26394, "epochs": 10}
 

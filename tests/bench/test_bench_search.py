@@ -14,6 +14,8 @@ from nas_kd.bench.search import ARMS
 from nas_kd.cli import main
 from nas_kd.teachers import train_plain
 
+pytestmark = pytest.mark.slow  # Ray, searches or end-to-end runs: left out of `make test-fast`
+
 QUICKSTART = Path(__file__).resolve().parents[2] / "studies" / "quickstart.yaml"
 SETUP = {"study": "fashion_mnist", "budget": 60, "epochs": 5, "device": "cpu"}
 
@@ -29,7 +31,6 @@ def write_runs(path: Path, seed: int, hypervolumes: list[float], **setup: object
     return path
 
 
-@pytest.mark.slow
 def test_bench_search_on_quickstart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runs_csv, out = tmp_path / "runs.csv", tmp_path / "bench.md"
     trained: list[dict] = []

@@ -71,7 +71,7 @@ def parse_cli(argv: list[str]) -> Any:
 
 def assert_study_exists(path: str) -> None:
     if not Path(path).is_file():
-        pytest.xfail(f"{Path(path).relative_to(ROOT)} is referenced by docker/ but not in the repository yet")
+        pytest.fail(f"{Path(path).relative_to(ROOT)} is referenced by docker/ but not in the repository")
 
 
 # -- images -------------------------------------------------------------------------------------------------

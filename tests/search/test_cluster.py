@@ -18,6 +18,8 @@ from ray.cluster_utils import Cluster
 from nas_kd.testing.placement_trainable import Rendezvous, placement_trainable
 from tests.conftest import QUICKSTART
 
+pytestmark = pytest.mark.slow  # Ray, searches or end-to-end runs: left out of `make test-fast`
+
 NODE = {"num_cpus": 2, "num_gpus": 1, "object_store_memory": 100 * 1024**2, "include_dashboard": False}
 
 
@@ -57,7 +59,6 @@ def test_half_gpu_trials_pack_two_per_gpu_on_both_nodes(cluster: Cluster, tmp_pa
     assert all(r["cuda_visible_devices"] == r["gpu_ids"] for r in results)
 
 
-@pytest.mark.slow
 def test_small_study_completes_on_the_cluster(cluster: Cluster, tmp_path: Path) -> None:
     from nas_kd.search.runner import run_study
 

@@ -150,6 +150,7 @@ def test_metrics_are_a_no_op_without_ray() -> None:
         pytest.skip("Ray is running in this process")
     TrialMetrics("s", "t").record_epoch(1, 0.5, 100.0)
     StudyMetricsCallback("s", 3).update_front(1, 0.2)
+    assert not ray.is_initialized()  # recording a metric must not start Ray behind the caller's back
 
 
 def test_outcome_from_the_last_result() -> None:
@@ -169,6 +170,7 @@ def test_metric_names_follow_ray_export_rules() -> None:
 # -- a tiny Tune job ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tune_job_metrics_and_dashboard(local_ray: LocalRay, tmp_path: Path) -> None:
     study = "metrics-test"
     callback = StudyMetricsCallback(study, max_epochs=3)

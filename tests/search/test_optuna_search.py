@@ -62,10 +62,12 @@ def test_tells_complete_pruned_and_failed(journal: optuna.storages.JournalStorag
     assert [t.state for t in (a, b, c, d, e)] == [
         TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.PRUNED, TrialState.FAIL,
     ]  # fmt: skip
-    assert a.values == [0.9, 8_000] and a.user_attrs == {"epochs": 4}
+    assert a.values == [0.9, 8_000] and a.user_attrs["epochs"] == 4
     assert a.constraints == {"params": pytest.approx(8_000 / TOY_MAX_PARAMS - 1)}
     assert b.values is None
-    assert b.user_attrs == {"epochs": 1, "partial_val_accuracy": 0.2, "partial_params": 16_000}
+    assert {k: v for k, v in b.user_attrs.items() if k != "candidate"} == {
+        "epochs": 1, "partial_val_accuracy": 0.2, "partial_params": 16_000,
+    }  # fmt: skip
     assert d.user_attrs["rejected"] == "too big" and d.constraints["params"] > 0
     assert [t.number for t in stored_study(journal).best_trials] == [0]
 
@@ -96,6 +98,37 @@ def test_checkpoint_round_trip(journal: optuna.storages.JournalStorage, tmp_path
     assert a.state == TrialState.COMPLETE and a.values == [0.7, 2_000]
 
 
+def three_students(trial: optuna.Trial) -> dict[str, object]:
+    return {"arch": {"width": trial.suggest_categorical("width", [8, 16, 64])}, "distiller": "ce", "seed": 0}
+
+
+def test_no_student_is_trained_twice_and_size_rejections_take_no_trial(
+    journal: optuna.storages.JournalStorage,
+) -> None:
+    def size_check(config: dict) -> tuple[str | None, dict[str, int]]:
+        params = config["arch"]["width"] * 1_000
+        return ("params too big" if params > TOY_MAX_PARAMS else None), {"params": params}
+
+    searcher = make_searcher(journal, size_check=size_check)
+    searcher._space = three_students  # the toy space's fields are not those of a student config
+    searcher.suggest("a")
+    first = searcher._ot_trials["a"].params["width"]
+    searcher.on_trial_complete("a", {"epoch": TOY_EPOCHS, "val_accuracy": 0.8, "params": first * 1_000})
+    searcher.suggest("b")  # never the same student again, never the one over the constraint
+    second = searcher._ot_trials["b"].params["width"]
+    assert {first, second} == {8, 16}
+    stored = stored_study(journal).trials
+    untrained = [t for t in stored if "untrained" in t.user_attrs]
+    assert len(stored) == 2 + len(untrained) and untrained  # the random sampler redrew at least once in 50 asks
+    for trial in untrained:
+        if trial.user_attrs["untrained"] == "repeat":  # told the first one's outcome, not trained
+            assert trial.params["width"] == first and trial.values == [0.8, first * 1_000]
+            assert trial.user_attrs["duplicate_of"] == 0
+        else:
+            assert trial.params["width"] == 64 and trial.state == TrialState.PRUNED
+            assert trial.user_attrs["rejected"] == "params too big" and trial.constraints["params"] > 0
+
+
 @pytest.fixture
 def local_ray() -> Iterator[None]:
     # address="local": always our own cluster, never one that another process on this machine started.
@@ -104,6 +137,7 @@ def local_ray() -> Iterator[None]:
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_tune_run_with_pareto_halving_then_restore(tmp_path: Path, local_ray: None) -> None:
     storage_url = f"sqlite:///{tmp_path / 'optuna.db'}"  # what the runner uses: it must survive checkpoints
     # Run one after another, so each rung sees the trials in this order (eta 2: rungs at epochs 1 and 2).

@@ -26,6 +26,8 @@ from nas_kd.search.pareto import pareto_mask
 from nas_kd.search.runner import SearchError, run_study
 from tests.conftest import QUICKSTART
 
+pytestmark = pytest.mark.slow  # Ray, searches or end-to-end runs: left out of `make test-fast`
+
 SMALL = {
     "train.epochs": 2,
     "teacher.train.epochs": 3,
@@ -140,6 +142,7 @@ def test_constraint_rejects_before_training(tmp_path: Path) -> None:
 
 
 EPOCHS = 16  # long enough trials to be caught mid-way
+SMALL_TEACHER = {"family": "resnet", "stem": 16, "stages": [{"channels": 16, "depth": 1}, {"channels": 32, "depth": 1}]}
 TRIALS = 4
 
 
@@ -158,7 +161,8 @@ class Driver:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
-            env={**os.environ, "RAY_TMPDIR": self.ray_dir},
+            # One thread: oversubscribed OpenMP threads spin-wait each other on a busy machine (see conftest).
+            env={**os.environ, "RAY_TMPDIR": self.ray_dir, "OMP_NUM_THREADS": "1"},
         )
 
     def text(self) -> str:
@@ -193,15 +197,17 @@ def _finished(trials_csv: Path) -> pd.DataFrame:
 KILL_POINTS = {
     # When to SIGKILL the first driver, as seen in what it wrote.
     "teacher training": lambda out, trials: "epoch 4/40" in out,
-    "mid-trial": lambda out, trials: (trials["status"] == "COMPLETE").sum() >= 1
-    and ((trials["status"] == "RUNNING") & (trials["epochs"] >= 2)).any(),
-    "between trials": lambda out, trials: (trials["status"] == "COMPLETE").sum() >= 1
-    and not (trials["status"] == "RUNNING").any(),
+    "mid-trial": lambda out, trials: (
+        (trials["status"] == "COMPLETE").sum() >= 1
+        and ((trials["status"] == "RUNNING") & (trials["epochs"] >= 2)).any()
+    ),
+    "between trials": lambda out, trials: (
+        (trials["status"] == "COMPLETE").sum() >= 1 and not (trials["status"] == "RUNNING").any()
+    ),
     "final report": lambda out, trials: len(trials) == TRIALS and trials["status"].eq("COMPLETE").all(),
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kill_point", list(KILL_POINTS))
 def test_sigkill_then_resume_finishes_exactly_the_trials_asked_for(tmp_path: Path, kill_point: str) -> None:
     checkpoint_seconds = 0.3
@@ -211,7 +217,8 @@ def test_sigkill_then_resume_finishes_exactly_the_trials_asked_for(tmp_path: Pat
         "search.trials": TRIALS,
         "search.max_concurrent": 1,
         "search.checkpoint_seconds": checkpoint_seconds,
-        "teacher.train.epochs": 40 if kill_point == "teacher training" else 3,
+        "teacher.train.epochs": 40 if kill_point == "teacher training" else 1,
+        "teacher.arch": SMALL_TEACHER,
     }
     run_dir = tmp_path / "quickstart"
     driver = Driver(tmp_path, *(f"--set={k}={json.dumps(v)}" for k, v in settings.items()))
