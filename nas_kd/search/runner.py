@@ -28,6 +28,7 @@ from ray import tune
 from nas_kd.config import Study, load_study, study_from_dict
 from nas_kd.distill import parse_distiller_space
 from nas_kd.pipeline import ready_teachers, study_data
+from nas_kd.plugins import import_plugins
 from nas_kd.results import read_json, read_trials, write_json
 from nas_kd.search.bookkeeping import RunDirectory
 from nas_kd.search.metrics import StudyMetricsCallback
@@ -212,6 +213,7 @@ def run_study(
             raise ValueError("overrides apply to a study file path, not to a Study object")
     else:
         study = load_study(study_or_path, overrides)
+    import_plugins(study.plugins)  # a no-op when load_study imported them; a Study built in Python may not have
     if runs_dir is not None:  # teachers are cached under the same runs_dir as the run itself
         study = study.model_copy(update={"runs_dir": str(Path(runs_dir).resolve())})
     run_dir = run_dir_of(study)
