@@ -11,13 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from nas_kd.arch import build_model, measure
-    from nas_kd.checkpoint import load_student
+    from nas_kd.checkpoint import Preprocess, class_names, load_student
     from nas_kd.config import Study, StudyError, load_study
     from nas_kd.data import load_dataset
     from nas_kd.search.runner import run_study
     from nas_kd.space import SearchSpace, load_space
 
 _PUBLIC = {
+    "Preprocess": "nas_kd.checkpoint",
+    "class_names": "nas_kd.checkpoint",
     "SearchSpace": "nas_kd.space",
     "Study": "nas_kd.config",
     "StudyError": "nas_kd.config",
@@ -30,10 +32,12 @@ _PUBLIC = {
     "run_study": "nas_kd.search.runner",
 }
 __all__ = [
+    "Preprocess",
     "SearchSpace",
     "Study",
     "StudyError",
     "build_model",
+    "class_names",
     "load_dataset",
     "load_space",
     "load_student",

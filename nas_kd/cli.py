@@ -140,6 +140,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from nas_kd.plugins import PluginError, import_plugins, resolve_plugins
+
+    try:  # a study's plugins are loaded with the study; here they are named on the command line
+        import_plugins(resolve_plugins(args.plugin or [], Path.cwd()))
+    except PluginError as error:
+        raise UsageError(f"--plugin: {error}") from None
     if args.what == "distillers":
         from nas_kd.distill import DISTILLERS
 
@@ -187,24 +193,25 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import shutil
-
-    import torch
-
-    from nas_kd.checkpoint import load_student
+    from nas_kd.deploy import ExportError, export_student
 
     source = Path(args.run_dir) / "students" / args.trial_id
     if not (source / "model.json").is_file():
         raise UsageError(f"{args.run_dir}: no saved student for trial {args.trial_id} (only Pareto members are saved)")
-    if Path(args.out).exists():
-        raise UsageError(f"{args.out}: already exists; choose another --out")
-    shutil.copytree(source, args.out)
-    if args.torchscript:
-        model = load_student(args.out)
-        info = json.loads((Path(args.out) / "model.json").read_text())
-        traced = torch.jit.trace(model, torch.zeros(1, *info["input_shape"]))
-        traced.save(str(Path(args.out) / "model.torchscript.pt"))
-    print(f"exported {args.trial_id} to {args.out} (load with nas_kd.load_student({str(args.out)!r}))")
+    try:
+        result = export_student(source, Path(args.out), torchscript=args.torchscript, onnx=args.onnx)
+    except ExportError as error:
+        raise UsageError(f"{args.out}: {error}") from None
+    print(
+        f"exported {args.trial_id} to {args.out} (load with nas_kd.load_student({str(args.out)!r}); "
+        "preprocess=True takes raw images)"
+    )
+    print(f"  input: {result.input}")
+    if result.onnx_max_abs_diff is not None:
+        print(
+            f"  model.onnx: input 'images' -> output 'logits' (N, classes), any batch size; onnxruntime vs PyTorch "
+            f"max abs diff {result.onnx_max_abs_diff:.3g} (tolerance {result.onnx_tolerance:.3g})"
+        )
     return 0
 
 
@@ -263,8 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("trial_id")
     p.add_argument("--out", required=True, help="destination folder")
     p.add_argument("--torchscript", action="store_true", help="also write a traced TorchScript file")
+    p.add_argument("--onnx", action="store_true", help="also write model.onnx, checked with onnxruntime")
     p = sub.add_parser("list", help="list distillers or datasets")
     p.add_argument("what", choices=["distillers", "datasets"])
+    p.add_argument("--plugin", action="append", metavar="MODULE", help="import a plugin first (module or .py file)")
     p = sub.add_parser("bench", help="benchmarks that print ratios against a baseline measured in the same run")
     p.add_argument("what", choices=["trainer", "distillers", "search", "gpu"])
     p.add_argument("study", nargs="?", default=None, help="study file (default depends on the benchmark)")

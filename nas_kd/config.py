@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
 
 from nas_kd.data import DATASETS
+from nas_kd.plugins import PluginError, import_plugins, resolve_plugins
 
 OBJECTIVES = ("params", "flops", "model_bytes", "latency_ms")
 
@@ -137,6 +138,8 @@ class Study(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     runs_dir: str = "runs"
+    # Imported before the rest is validated (see load_plugins); .py files are stored as absolute paths.
+    plugins: list[str] = Field(default_factory=list)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     teacher: TeacherConfig | None = None
@@ -195,6 +198,8 @@ def study_from_dict(raw: Any, source: str | Path = "<study>", base: Path | None 
     base = base or Path.cwd()
     if not isinstance(raw, dict):
         raise StudyError(source, "", "a study file must be a mapping of fields (name, data, train, ...)")
+    if "plugins" in raw:
+        raw = {**raw, "plugins": load_plugins(raw["plugins"], source, base)}
     try:
         study = Study.model_validate(raw)
     except ValidationError as error:
@@ -219,6 +224,18 @@ def study_from_dict(raw: Any, source: str | Path = "<study>", base: Path | None 
     except SpaceError as error:
         raise StudyError(source, f"search.space{error.where}", str(error)) from None
     return study
+
+
+def load_plugins(entries: Any, source: str | Path, base: Path) -> list[str]:
+    """Import a study's plugins (so their distillers can be named in it); returns the entries resolved."""
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise StudyError(source, "plugins", "a list of module names (my_package.my_module) or .py files")
+    resolved = resolve_plugins(entries, base)
+    try:
+        import_plugins(resolved)
+    except PluginError as error:
+        raise StudyError(source, f"plugins.{error.index}", str(error)) from None
+    return resolved
 
 
 def _check_files(study: Study, source: str | Path, base: Path) -> None:

@@ -29,6 +29,7 @@ from nas_kd.arch import arch_summary
 from nas_kd.config import Study, load_study, study_from_dict
 from nas_kd.distill import parse_distiller_space
 from nas_kd.pipeline import ready_teachers, study_data
+from nas_kd.plugins import import_plugins
 from nas_kd.preflight import check_study, data_shape
 from nas_kd.report import write_report
 from nas_kd.results import read_json, read_trials, write_json
@@ -218,6 +219,7 @@ def run_study(
             raise ValueError("overrides apply to a study file path, not to a Study object")
     else:
         study = load_study(study_or_path, overrides)
+    import_plugins(study.plugins)  # a no-op when load_study imported them; a Study built in Python may not have
     check_study(study)  # anything that would fail after Ray started fails here, before anything is written
     if runs_dir is not None:  # teachers are cached under the same runs_dir as the run itself
         study = study.model_copy(update={"runs_dir": str(Path(runs_dir).resolve())})

@@ -23,6 +23,7 @@ from nas_kd.checkpoint import save_model_dir
 from nas_kd.config import Study
 from nas_kd.data import Dataset
 from nas_kd.pipeline import build_trainer, study_data
+from nas_kd.plugins import import_plugins
 from nas_kd.search.metrics import TrialMetrics
 from nas_kd.search.schedulers import rung_milestones
 from nas_kd.teachers import teacher_from_bundle
@@ -69,6 +70,7 @@ def checkpoint_epochs(study: Study) -> set[int]:
 
 def train_trial(config: dict[str, Any], study: dict[str, Any], teachers: list[dict[str, Any]]) -> None:
     """Tune function trainable. ``config`` holds ``arch``, ``distiller``, ``settings``, ``seed``."""
+    import_plugins(study.get("plugins", []))  # before anything is built: a plugin may provide the distiller
     study_obj = Study.model_validate(study)
     torch.set_num_threads(max(1, int(study_obj.resources.cpu)))
     device = trial_device(study_obj.resources.gpu)
