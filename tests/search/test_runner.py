@@ -142,6 +142,12 @@ def test_constraint_rejects_before_training(tmp_path: Path) -> None:
 
 
 EPOCHS = 16  # long enough trials to be caught mid-way
+TINY_SPACE = {  # quick epochs, so that the test spends its time on killing and resuming
+    "family": "cnn",
+    "stem": 8,
+    "stages": {"low": 1, "high": 2},
+    "stage": {"channels": {"choices": [8, 16]}, "depth": 1},
+}
 SMALL_TEACHER = {"family": "resnet", "stem": 16, "stages": [{"channels": 16, "depth": 1}, {"channels": 32, "depth": 1}]}
 TRIALS = 4
 
@@ -219,6 +225,7 @@ def test_sigkill_then_resume_finishes_exactly_the_trials_asked_for(tmp_path: Pat
         "search.checkpoint_seconds": checkpoint_seconds,
         "teacher.train.epochs": 40 if kill_point == "teacher training" else 1,
         "teacher.arch": SMALL_TEACHER,
+        "search.space": TINY_SPACE,
     }
     run_dir = tmp_path / "quickstart"
     driver = Driver(tmp_path, *(f"--set={k}={json.dumps(v)}" for k, v in settings.items()))
