@@ -168,6 +168,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         runs_dir=args.runs_dir,
         dashboard=not args.no_dashboard,
         dashboard_host=args.dashboard_host,
+        verbose=args.verbose,
         **_overrides(args.set),
     )
     return 0
@@ -249,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", help="parent of the run directory (default: the study's runs_dir)")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
     p.add_argument("--dashboard-host", default="127.0.0.1", help="dashboard bind address (default 127.0.0.1)")
+    p.add_argument("--verbose", action="store_true", help="one line per trial epoch (default: per finished trial)")
     p = sub.add_parser("report", help="(re)build report.html from a run directory")
     p.add_argument("run_dir")
     p.add_argument("--out", help="HTML file (default RUN_DIR/report.html)")

@@ -50,6 +50,7 @@ from nas_kd.search.progress import PlainProgress
 FINISHED = ("COMPLETE", "PRUNED", "FAILED", "REJECTED")
 INTERRUPTED = "INTERRUPTED"
 FLUSH_SECONDS = 5.0
+APPENDED = (EVENT_LOG, "curves.csv", "hypervolume.csv")
 METRIC_KEYS = ("val_accuracy", "test_accuracy", *SIZE_OBJECTIVES)
 # Tune's final trial states -> what bookkeeping records if it never saw the trial's last event.
 TUNE_TERMINATED, TUNE_ERROR = "TERMINATED", "ERROR"
@@ -118,6 +119,8 @@ class RunDirectory(tune.Callback):
             return
         self._reset()
         self._loaded = True
+        for name in APPENDED:
+            drop_torn_line(self.run_dir / name)
         for event in read_events(self.run_dir / EVENT_LOG):
             self.rows.setdefault(str(event["trial_id"]), {}).update(event)
         if not self.rows:  # a run directory written before the event log existed
@@ -400,6 +403,18 @@ class RunDirectory(tune.Callback):
         write_json(self.run_dir / "run.json", run)
         self._last_flush = time.monotonic()
         self._dirty = False
+
+
+def drop_torn_line(path: Path) -> None:
+    """Cut a last line the driver was killed while writing, so that appends start on a line of their own."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, 2)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        f.truncate(f.read().rfind(b"\n") + 1)
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ from nas_kd.results import read_json, read_trials, write_json
 from nas_kd.search.bookkeeping import RunDirectory
 from nas_kd.search.metrics import StudyMetricsCallback
 from nas_kd.search.pareto import directions, modes
+from nas_kd.search.progress import make_progress
 from nas_kd.search.trainable import train_trial
 from nas_kd.space import load_space
 from nas_kd.teachers import teacher_bundle
@@ -200,6 +201,7 @@ def run_study(
     cpus: int | None = None,
     report: bool = True,
     log: Any = print,
+    verbose: bool = False,
     **overrides: Any,
 ) -> SearchResult:
     """Run (or resume) a search study; returns the trials table and the Pareto set.
@@ -236,13 +238,14 @@ def run_study(
         resources = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
         trainable = tune.with_resources(trainable, resources)
         metrics = StudyMetricsCallback(study.name, study.train.epochs)
+        objectives = study.search.objectives
         bookkeeping = RunDirectory(
             run_dir,
-            study.search.objectives,
+            objectives,
             study.train.epochs,
             _hypervolume_fn(study, cached),
-            log=log,
             on_front=metrics.update_front,
+            progress=make_progress(objectives, study.search.trials, study.train.epochs, verbose=verbose, log=log),
         )
         log(f"searching {study.search.trials} trials x {study.train.epochs} epochs of {study.name} -> {run_dir}")
         with quiet_libraries():
