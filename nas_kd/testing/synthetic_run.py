@@ -314,10 +314,11 @@ def _feed(
     for kind, trial, result in tune_events(plans, spec.concurrent):
         with timer(kind, trial) if timer else contextlib.nullcontext():
             deliver(run, kind, trial, result)
-    if spec.running:  # the driver is still at work (or was killed): only the timer's flush has happened
-        run.flush()
-    else:
+    if spec.state == "finished":
         run.on_experiment_end([p.trial for p in plans])
+    else:  # the driver is still at work (or was killed): the timer's flush is the last that happened
+        run.flush()
+        run.close_files()
     info = {"state": spec.state, "updated": "2025-01-01T01:23:45", **spec.extra}
     write_json(run_dir / "run.json", {**read_json(run_dir / "run.json"), **info})
     if spec.optuna:
