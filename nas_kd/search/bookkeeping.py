@@ -50,6 +50,7 @@ from nas_kd.search.progress import PlainProgress
 FINISHED = ("COMPLETE", "PRUNED", "FAILED", "REJECTED")
 INTERRUPTED = "INTERRUPTED"
 FLUSH_SECONDS = 5.0
+FLUSH_SHARE = 20  # wait at least this many times the last flush's duration between flushes (<= 5% of the time)
 APPENDED = (EVENT_LOG, "curves.csv", "hypervolume.csv")
 METRIC_KEYS = ("val_accuracy", "test_accuracy", *SIZE_OBJECTIVES)
 # Tune's final trial states -> what bookkeeping records if it never saw the trial's last event.
@@ -99,6 +100,7 @@ class RunDirectory(tune.Callback):
         self._clock_start = time.time()
         self._wall_before = 0.0
         self._last_flush = time.monotonic()
+        self._flush_cost = 0.0
         self._dirty = False
 
     def __getstate__(self) -> dict[str, Any]:
@@ -235,7 +237,14 @@ class RunDirectory(tune.Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """Give every row Tune finished without telling us (a trial that ended while the driver was down) its
-        final status, then write the summaries."""
+        final status; close rows Tune does not know at all (see ``close_unfinished``); write the summaries.
+
+        Tune calls this when the experiment ends, interrupted too: rows of trials Tune knows and will resume
+        stay RUNNING then."""
+        known = {trial.trial_id for trial in trials}
+        ghosts = [tid for tid, row in self.rows.items() if row["status"] == "RUNNING" and tid not in known]
+        if trials and ghosts:
+            self.close_unfinished(ids=ghosts)
         for trial in trials:
             row = self.rows.get(trial.trial_id)
             if row is None or row["status"] != "RUNNING":
@@ -250,23 +259,26 @@ class RunDirectory(tune.Callback):
         self.close_files()
         self.progress.close(self)
 
-    def close_unfinished(self, status: str = INTERRUPTED) -> list[str]:
-        """Mark rows still RUNNING as ``status`` and flush; returns their trial ids.
+    def close_unfinished(self, status: str = INTERRUPTED, ids: list[str] | None = None) -> list[str]:
+        """Mark rows still RUNNING (or those of ``ids``) as ``status`` and flush; returns their trial ids.
 
-        For the runner after an experiment that really ended (``tuner.fit()`` returned and Tune reports every
-        trial finished) with rows Tune no longer knows: a trial recorded as started whose start Tune's own
-        experiment checkpoint never saved. Such a trial will never report again, so RUNNING would be a lie.
-        Do not call it after an interrupted run: a resume continues those rows.
+        A row is RUNNING with no trial to finish it when the driver was killed after the trial started but
+        before Tune's experiment checkpoint recorded it: the resumed experiment does not have that trial and
+        it will never report. ``on_experiment_end`` closes those itself (rows whose trial Tune does not know).
+        The runner may call this after ``tuner.fit()`` returned with every trial of the study finished, for
+        whatever is still RUNNING; not after an interrupted run: a resume continues those rows.
         """
         self.load()
-        closed = [tid for tid, row in self.rows.items() if row["status"] == "RUNNING"]
+        running = [tid for tid, row in self.rows.items() if row["status"] == "RUNNING"]
+        closed = [tid for tid in running if ids is None or tid in ids]
         for tid in closed:
             row = self.rows[tid]
             self._set_status(row, status)
-            row.setdefault("error", "the experiment ended without this trial")
+            row.setdefault(
+                "error", "the experiment ended without this trial (started before a driver kill, never resumed)"
+            )
             self._log_event(row)
         self.flush()
-        self.close_files()
         return closed
 
     def _finish(self, trial: Any, row: dict[str, Any], status: str) -> None:
@@ -386,11 +398,15 @@ class RunDirectory(tune.Callback):
         self._flush_when_due()
 
     def _flush_when_due(self) -> None:
-        if self._dirty and time.monotonic() - self._last_flush >= self.flush_seconds:
+        """Due after ``flush_seconds``, and never sooner than ``FLUSH_SHARE`` times the last flush took: a
+        flush rewrites every row, so on a big study this keeps it a small share of the driver's time."""
+        interval = self.flush_seconds and max(self.flush_seconds, FLUSH_SHARE * self._flush_cost)
+        if self._dirty and time.monotonic() - self._last_flush >= interval:
             self.flush()
 
     def flush(self) -> None:
         """Write trials.csv, pareto.json and run.json now (atomically)."""
+        start = time.perf_counter()
         rows = sorted(self.rows.values(), key=lambda r: (r.get("number") is None, r.get("number"), r["trial_id"]))
         write_table(self.run_dir / "trials.csv", rows, TRIAL_COLUMNS)
         reference = self.hypervolume_fn.reference_point() if hasattr(self.hypervolume_fn, "reference_point") else None
@@ -402,6 +418,7 @@ class RunDirectory(tune.Callback):
         run.update(wall_seconds=round(self.wall_seconds(), 2), updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
         write_json(self.run_dir / "run.json", run)
         self._last_flush = time.monotonic()
+        self._flush_cost = time.perf_counter() - start
         self._dirty = False
 
 

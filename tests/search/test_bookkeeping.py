@@ -179,3 +179,23 @@ def test_pickled_by_tune_it_travels_without_state(tmp_path: Path) -> None:
     assert copy.rows == {} and copy.run_dir == run.run_dir
     copy.load()
     assert copy.counts == run.counts
+
+
+def test_experiment_end_closes_rows_tune_does_not_know(tmp_path: Path) -> None:
+    """The driver was killed after a trial started but before Tune checkpointed it: the resumed experiment
+    ends without that trial, and its row must not stay RUNNING."""
+    spec = RunSpec(5, max_epochs=3, running=2, students=False, optuna=False)
+    write_synthetic_run(tmp_path / "run", spec, flush_seconds=3600)
+    objectives = ["val_accuracy", "params"]
+    resumed = RunDirectory(tmp_path / "run", objectives, 3, progress=Silent(objectives))
+    resumed.setup()
+    plans = plan_trials(spec, tmp_path)
+    known = plans[3].trial  # Tune resumed t0003 and finished it; it never heard of t0004
+    for result in plans[3].results:
+        deliver(resumed, "result", known, result)
+    deliver(resumed, "result", known, {**plans[3].results[-1], "epoch": 3})
+    deliver(resumed, "complete", known, None)
+    resumed.on_experiment_end([p.trial for p in plans[:4]])
+    status = read_trials(tmp_path / "run").set_index("trial_id")["status"]
+    assert status["t0003"] == "COMPLETE" and status["t0004"] == "INTERRUPTED"
+    assert (status == "RUNNING").sum() == 0
