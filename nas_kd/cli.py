@@ -179,6 +179,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         runs_dir=args.runs_dir,
         dashboard=not args.no_dashboard,
         dashboard_host=args.dashboard_host,
+        verbose=args.verbose,
         **_overrides(args.set),
     )
     return 0
@@ -261,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", help="parent of the run directory (default: the study's runs_dir)")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
     p.add_argument("--dashboard-host", default="127.0.0.1", help="dashboard bind address (default 127.0.0.1)")
+    p.add_argument("--verbose", action="store_true", help="one line per trial epoch (default: per finished trial)")
     p = sub.add_parser("report", help="(re)build report.html from a run directory")
     p.add_argument("run_dir")
     p.add_argument("--out", help="HTML file (default RUN_DIR/report.html)")
@@ -275,12 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["distillers", "datasets"])
     p.add_argument("--plugin", action="append", metavar="MODULE", help="import a plugin first (module or .py file)")
     p = sub.add_parser("bench", help="benchmarks that print ratios against a baseline measured in the same run")
-    p.add_argument("what", choices=["trainer", "distillers", "search", "gpu"])
+    p.add_argument("what", choices=["trainer", "distillers", "search", "gpu", "driver"])
     p.add_argument("study", nargs="?", default=None, help="study file (default depends on the benchmark)")
     p.add_argument("--epochs", type=int, help="epochs per training run")
     p.add_argument("--repeats", type=int, default=3, help="timing repeats (trainer)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per arm (distillers, search)")
     p.add_argument("--budget", type=int, help="student-epoch budget per arm (search)")
+    p.add_argument("--trials", type=int, help="synthetic trials (driver; default 10000)")
     p.add_argument("--arms", help="comma-separated subset of arms (distillers), e.g. ce,offline-response")
     p.add_argument("--out", help="write the table as CSV/Markdown here too")
     p.add_argument(

@@ -7,11 +7,16 @@
                       "objectives": ["val_accuracy", "params", ...], "directions": ["maximize", "minimize", ...],
                       "state": "running" | "finished" | "interrupted", "started": iso time, "updated": iso time,
                       "trials_requested": int, "scheduler": name}
-- ``trials.csv``     one row per trial: trial_id, number, status (COMPLETE | PRUNED | FAILED | RUNNING | REJECTED),
+- ``trials.csv``     one row per trial: trial_id, number, status (COMPLETE | PRUNED | FAILED | RUNNING | REJECTED |
+                      INTERRUPTED: started, but the experiment ended without it),
                       epochs, max_epochs, val_accuracy, test_accuracy, params, flops, model_bytes, latency_ms,
                       distiller, family, arch (JSON), arch_summary, pareto (true/false), error, seconds,
                       student_path, and one ``<distiller>.<setting>`` column per sampled distiller setting.
-- ``curves.csv``     one row per (trial_id, epoch): val_accuracy, train_loss, seconds, images_per_second.
+- ``trials.jsonl``   the search's append-only event log, the record a resumed search rebuilds from: one JSON
+                      object per line, {"trial_id", "status": "RUNNING"} or a whole trials.csv row; later lines
+                      update earlier ones. trials.csv is its summary, rewritten every few seconds and at the end.
+- ``curves.csv``     one row per (trial_id, epoch): val_accuracy, train_loss, seconds, images_per_second
+                      (append-only; an epoch trained again after a resume appears again: the last line counts).
 - ``hypervolume.csv`` one row per finished trial: finished (count), trial_id, hypervolume, student_epochs,
                       wall_seconds.
 - ``pareto.json``    {"objectives": [...], "reference_point": {...}, "members": [{trial_id, arch, arch_summary,
@@ -41,6 +46,7 @@ TRIAL_COLUMNS = [
     "student_path",
 ]  # fmt: skip
 CURVE_COLUMNS = ["trial_id", "epoch", "val_accuracy", "train_loss", "seconds", "images_per_second"]
+EVENT_LOG = "trials.jsonl"
 HYPERVOLUME_COLUMNS = ["finished", "trial_id", "hypervolume", "student_epochs", "wall_seconds"]
 
 

@@ -18,6 +18,7 @@ BENCHMARKS = {
     "distillers": "nas_kd.bench.distillers",
     "search": "nas_kd.bench.search",
     "gpu": "nas_kd.bench.gpu",
+    "driver": "nas_kd.bench.driver",
 }
 
 

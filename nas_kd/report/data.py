@@ -470,11 +470,34 @@ def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame, category: pd.Ser
             "status": trials["status"],
         }
     )
-    joined = curves.assign(trial_id=curves["trial_id"].astype(str)).merge(info, on="trial_id", how="inner")
+    # curves.csv is append-only: an epoch trained again after a resume appears twice, and the last line counts
+    curves = curves.assign(trial_id=curves["trial_id"].astype(str)).drop_duplicates(["trial_id", "epoch"], keep="last")
+    joined = curves.merge(info, on="trial_id", how="inner")
     joined["epoch"] = pd.to_numeric(joined["epoch"], errors="coerce")
     joined["val_accuracy"] = pd.to_numeric(joined["val_accuracy"], errors="coerce")
     joined = joined.dropna(subset=["epoch", "val_accuracy"])
     return joined.sort_values(["trial_id", "epoch"])[columns].reset_index(drop=True)
+
+
+CURVE_TRIALS = 400  # learning curves drawn at most; past this the page gets heavy and the lines unreadable
+
+
+def sample_curves(curves: pd.DataFrame, limit: int = CURVE_TRIALS) -> tuple[pd.DataFrame, str]:
+    """At most ``limit`` trials' curves: every Pareto member and running trial, then an even spread of the
+    others (by trial order). Returns the kept rows and a note saying what was left out ('' if nothing)."""
+    ids = list(dict.fromkeys(curves["trial_id"]))
+    if len(ids) <= limit:
+        return curves, ""
+    first = curves.groupby("trial_id", sort=False)["category"].first()
+    keep = [t for t in ids if first[t] in (PARETO, RUNNING)][:limit]
+    others = [t for t in ids if first[t] not in (PARETO, RUNNING)]
+    room = limit - len(keep)
+    if room > 0 and others:
+        keep += [others[i] for i in np.linspace(0, len(others) - 1, room).round().astype(int)]
+    kept = curves[curves["trial_id"].isin(set(keep))]
+    shown = kept["trial_id"].nunique()
+    note = f"{shown} of {len(ids)} trials drawn: every Pareto member and running trial, and an even spread of the rest."
+    return kept, note
 
 
 def gapped(frame: pd.DataFrame, x: str, y: str, by: str = "trial_id") -> tuple[list[Any], list[Any], list[Any]]:

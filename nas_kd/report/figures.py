@@ -29,6 +29,12 @@ STYLE: dict[str, dict[str, object]] = {
 }
 NO_ACCURACY = (d.FAILED, d.REJECTED)  # drawn on a floor line under the accuracy axis
 REFERENCE_DASH = {"teacher": "dash", "assistant": "dot"}
+WEBGL_POINTS = 1000  # a trace with more points than this is drawn with WebGL (Scattergl): SVG slows to a crawl
+
+
+def scatter(points: int, **trace: object) -> go.Scatter | go.Scattergl:
+    """A scatter trace: SVG for a few points, WebGL past ``WEBGL_POINTS`` (a 10,000-trial study)."""
+    return (go.Scattergl if points > WEBGL_POINTS else go.Scatter)(**trace)
 
 
 def distiller_colors(names: Sequence[str]) -> dict[str, str]:
@@ -197,8 +203,8 @@ def _scatter_panel(
         style = dict(STYLE[name])
         opacity = style.pop("opacity", 1.0)
         fig.add_trace(
-            go.Scatter(
-                x=subset.loc[keep, x], y=ys[keep], mode="markers", name=f"{name} ({int(keep.sum())})",
+            scatter(
+                int(keep.sum()), x=subset.loc[keep, x], y=ys[keep], mode="markers", name=f"{name} ({int(keep.sum())})",
                 legendgroup=name, showlegend=legend, marker=style, opacity=opacity,
                 text=hover[subset.index[keep]], hovertemplate="%{text}<extra></extra>",
             ),
@@ -283,8 +289,8 @@ def capacity_figure(
     )  # fmt: skip
     for name, group in gap.groupby("distiller", sort=True):
         fig.add_trace(
-            go.Scatter(
-                x=group["capacity_ratio"], y=group["gap"], mode="markers", name=str(name), legendgroup=str(name),
+            scatter(
+                len(group), x=group["capacity_ratio"], y=group["gap"], mode="markers", name=str(name), legendgroup=str(name),
                 marker={"color": colors.get(str(name)), "size": 7, "opacity": 0.8}, text=group["trial_id"],
                 hovertemplate="trial %{text}<br>capacity ratio %{x:.3g}<br>gap %{y:.2f} pp<extra></extra>",
             ),
@@ -331,7 +337,8 @@ def distiller_figure(comparison: pd.DataFrame, size: str) -> go.Figure:
         fig.add_trace(
             go.Box(
                 x=group["bucket"].astype(str), y=group["val_accuracy"], name=f"{label} ({len(group)})",
-                marker={"color": colors[str(label)], "size": 5}, boxpoints="all", jitter=0.4,
+                marker={"color": colors[str(label)], "size": 5}, jitter=0.4,
+                boxpoints="all" if len(comparison) <= WEBGL_POINTS else "outliers",
                 pointpos=0, text=group["trial_id"], hovertemplate="trial %{text}<br>%{y:.2f} %<extra></extra>",
             )
         )  # fmt: skip
@@ -363,8 +370,8 @@ def hypervolume_figure(hypervolume: pd.DataFrame, reference: object) -> go.Figur
     for col, (column, label) in enumerate(axes, start=1):
         x = hv[column] / divisor if column == "wall_seconds" else hv[column]
         fig.add_trace(
-            go.Scatter(
-                x=x, y=hv["hypervolume"], mode="lines+markers", line={"shape": "hv", "color": "#d62728"},
+            scatter(
+                len(hv), x=x, y=hv["hypervolume"], mode="lines+markers", line={"shape": "hv", "color": "#d62728"},
                 marker={"size": 4}, name="hypervolume", showlegend=False, text=hv["trial_id"],
                 hovertemplate=f"after trial %{{text}}<br>{label}: %{{x:.4g}}<br>hypervolume %{{y:.4g}}<extra></extra>",
             ),
@@ -435,10 +442,12 @@ CURVE_STYLE = {
 
 
 def curves_figure(curves: pd.DataFrame) -> go.Figure:
-    """Validation accuracy by epoch, one line per trial (one trace per category), early stops marked."""
+    """Validation accuracy by epoch, one line per trial (one trace per category), early stops marked; past
+    ``d.CURVE_TRIALS`` trials, the front, running trials and an even spread of the rest."""
     title = "Learning curves: validation accuracy by epoch"
     if curves.empty:
         return empty_figure(title, "No epochs reported yet (curves.csv is empty).")
+    curves, note = d.sample_curves(curves)
     fig = go.Figure()
     for name in d.CATEGORIES:
         subset = curves[curves["category"] == name]
@@ -446,8 +455,8 @@ def curves_figure(curves: pd.DataFrame) -> go.Figure:
             continue
         xs, ys, ids = d.gapped(subset, "epoch", "val_accuracy")
         fig.add_trace(
-            go.Scatter(
-                x=xs, y=ys, text=ids, mode="lines", name=f"{name} ({subset['trial_id'].nunique()})",
+            scatter(
+                len(xs), x=xs, y=ys, text=ids, mode="lines", name=f"{name} ({subset['trial_id'].nunique()})",
                 line=CURVE_STYLE[name], hovertemplate="trial %{text}<br>epoch %{x}: %{y:.2f} %<extra></extra>",
             )
         )  # fmt: skip
@@ -473,4 +482,4 @@ def curves_figure(curves: pd.DataFrame) -> go.Figure:
         )  # fmt: skip
     fig.update_xaxes(title_text="epoch", dtick=1 if curves["epoch"].max() <= 20 else None)
     fig.update_yaxes(title_text="validation accuracy (%)")
-    return _style(fig, title, 460)
+    return _style(fig, title, 460, subtitle=note)

@@ -140,13 +140,22 @@ def _teachers(path: Path) -> pd.DataFrame:
 
 
 def _student_paths(path: Path, trials: pd.DataFrame, pareto: dict[str, Any]) -> dict[str, str]:
-    """trial_id -> absolute student folder, from pareto.json, else the trials table; relative paths are
-    relative to the run directory (so a copied run directory still points at its own students)."""
+    """trial_id -> absolute student folder. The run directory's own ``students/<trial_id>`` when it is there
+    (a copied or moved run directory points at its own students), else the path pareto.json or the trials
+    table recorded (a relative one relative to the run directory)."""
     raw = dict(zip(trials["trial_id"], trials["student_path"], strict=True))
     for member in pareto.get("members") or []:
         if isinstance(member, dict) and member.get("student_path"):
             raw[str(member.get("trial_id"))] = str(member["student_path"])
-    return {trial: str(Path(p) if Path(p).is_absolute() else path.resolve() / p) for trial, p in raw.items() if p}
+    out = {}
+    for trial, recorded in raw.items():
+        if not recorded:
+            continue
+        own = path.resolve() / "students" / str(trial)
+        out[trial] = str(
+            own if own.is_dir() else Path(recorded) if Path(recorded).is_absolute() else path.resolve() / recorded
+        )
+    return out
 
 
 def knowledge_defaults(names: Any) -> dict[str, dict[str, Any]]:

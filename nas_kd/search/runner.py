@@ -38,6 +38,7 @@ from nas_kd.search.candidates import SizeCheck
 from nas_kd.search.metrics import StudyMetricsCallback
 from nas_kd.search.optuna_search import UNTRAINED, PruningAwareOptunaSearch
 from nas_kd.search.pareto import StudyHypervolume, directions, modes
+from nas_kd.search.progress import make_progress
 from nas_kd.search.resume import ReconcileRestored
 from nas_kd.search.schedulers import make_scheduler
 from nas_kd.search.trainable import train_trial
@@ -207,6 +208,7 @@ def run_study(
     cpus: int | None = None,
     report: bool = True,
     log: Any = print,
+    verbose: bool = False,
     **overrides: Any,
 ) -> SearchResult:
     """Run (or resume) a search study; returns the trials table and the Pareto set.
@@ -243,13 +245,14 @@ def run_study(
         resources = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
         trainable = tune.with_resources(trainable, resources)
         metrics = StudyMetricsCallback(study.name, study.train.epochs)
+        objectives = study.search.objectives
         bookkeeping = RunDirectory(
             run_dir,
-            study.search.objectives,
+            objectives,
             study.train.epochs,
             _hypervolume_fn(study, cached),
-            log=log,
             on_front=metrics.update_front,
+            progress=make_progress(objectives, study.search.trials, study.train.epochs, verbose=verbose, log=log),
         )
         fresh_callbacks: list[tune.Callback] = [bookkeeping, metrics]
         if resume:

@@ -1,4 +1,5 @@
-"""Run directories in every state the report must handle, built once per session (about 7 s)."""
+"""Run directories in every state the report must handle, written by the real ``RunDirectory`` from synthetic
+Tune events (``nas_kd.testing.synthetic_run``), built once per session."""
 
 from __future__ import annotations
 
@@ -8,14 +9,20 @@ import pytest
 
 from nas_kd.report import write_report
 from nas_kd.results import write_json
-from tests.report.rundirs import RunSpec, make_run_dir
+from nas_kd.testing.synthetic_run import RunSpec, write_synthetic_run
 
 SPECS = {
     "empty": RunSpec(0, state="running"),
     "one": RunSpec(1),
     # the big one: interrupted, with every status, three distillers including the ce arm
     "many": RunSpec(
-        150, state="interrupted", distillers=("ce", "offline", "assistant"), running=3, fail_every=17, prune_every=7
+        150,
+        state="interrupted",
+        distillers=("ce", "offline", "assistant"),
+        running=3,
+        fail_every=17,
+        prune_every=7,
+        reject=(5,),
     ),
     # three objectives, still running, no ce arm
     "three": RunSpec(
@@ -26,10 +33,16 @@ SPECS = {
 }
 
 
+FIGURES = ["pareto", "capacity", "distillers", "hypervolume", "space", "importances", "curves"]  # report order
+
+
 @pytest.fixture(scope="session")
 def run_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
-    dirs = {name: make_run_dir(root / name, spec) for name, spec in SPECS.items()}
+    dirs = {}
+    for name, spec in SPECS.items():
+        write_synthetic_run(root / name, spec)
+        dirs[name] = root / name
     # a search that has only just started: run.json and nothing else
     bare = root / "bare"
     bare.mkdir()

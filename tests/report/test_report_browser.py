@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.report.rundirs import FIGURES
+from tests.report.conftest import FIGURES
 
 sync_api = pytest.importorskip("playwright.sync_api")
 

@@ -10,7 +10,8 @@ import pytest
 
 from nas_kd.report import ReportError, html, load_run, write_report
 from nas_kd.report.run import param_importances
-from tests.report.rundirs import FIGURES, RunSpec, make_run_dir
+from nas_kd.testing.synthetic_run import RunSpec, write_synthetic_run
+from tests.report.conftest import FIGURES
 
 
 def page_text(path: Path) -> str:
@@ -103,7 +104,8 @@ def test_png_without_a_browser_says_how_to_install(
 
 @pytest.mark.skipif(html.find_browser() is None, reason="kaleido needs Chrome/Chromium (apt-get install chromium)")
 def test_png_export_one_file_per_figure(tmp_path: Path) -> None:
-    run = make_run_dir(tmp_path / "small", RunSpec(12, distillers=("ce", "offline")))
+    run = tmp_path / "small"
+    write_synthetic_run(run, RunSpec(12, distillers=("ce", "offline")))
     write_report(run, png_dir=tmp_path / "png")
     pngs = sorted(p.name for p in (tmp_path / "png").iterdir())
     assert pngs == [f"{i:02d}-{key}.png" for i, key in enumerate(FIGURES, start=1)]

@@ -317,3 +317,23 @@ def test_pareto_table_sorted_with_paths() -> None:
     out = d.pareto_table(trials, category, "params", {"small": "/runs/x/students/small"})
     assert list(out["trial_id"]) == ["small", "big"]
     assert list(out["student_path"]) == ["/runs/x/students/small", ""]
+
+
+def test_learning_curves_keep_the_last_line_of_an_epoch_trained_again() -> None:
+    trials = table({"trial_id": "a", "val_accuracy": 90.0, "params": 10})
+    curves = pd.DataFrame({"trial_id": ["a", "a", "a"], "epoch": [1, 2, 2], "val_accuracy": [50, 60, 65]})
+    category = d.classify(trials, ["val_accuracy", "params"], ["maximize", "minimize"])
+    assert list(d.learning_curves(curves, trials, category)["val_accuracy"]) == [50, 65]  # after a resume
+
+
+def test_sample_curves_keeps_the_front_and_spreads_the_rest() -> None:
+    ids = [f"t{i}" for i in range(1000)]
+    category = [d.PARETO if i % 100 == 0 else d.RUNNING if i == 999 else d.DOMINATED for i in range(1000)]
+    curves = pd.DataFrame({"trial_id": ids * 2, "epoch": [1] * 1000 + [2] * 1000, "category": category * 2})
+    kept, note = d.sample_curves(curves, limit=50)
+    shown = set(kept["trial_id"])
+    assert len(shown) == 50 and {f"t{i}" for i in range(0, 1000, 100)} | {"t999"} <= shown
+    assert "t1" in shown and "t998" in shown  # the spread reaches both ends
+    assert len(kept) == 100 and note.startswith("50 of 1000 trials drawn")
+    small, note = d.sample_curves(curves.iloc[:10], limit=50)
+    assert len(small) == 10 and note == ""

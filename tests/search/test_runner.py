@@ -22,6 +22,8 @@ import pytest
 import torch
 
 from nas_kd import load_student
+from nas_kd.results import read_table
+from nas_kd.search.bookkeeping import read_events
 from nas_kd.search.pareto import pareto_mask
 from nas_kd.search.runner import SearchError, run_study
 from tests.conftest import QUICKSTART
@@ -194,10 +196,14 @@ class Driver:
         shutil.rmtree(self.ray_dir, ignore_errors=True)
 
 
-def _finished(trials_csv: Path) -> pd.DataFrame:
-    if not trials_csv.exists() or trials_csv.stat().st_size == 0:
-        return pd.DataFrame(columns=["status", "epochs"])
-    return pd.read_csv(trials_csv)
+def progress(run_dir: Path) -> pd.DataFrame:
+    """Each trial's status and epochs as the driver's per-event files show them (trials.csv is a summary written
+    every few seconds): the event log's last status, the highest epoch in curves.csv."""
+    trials = pd.DataFrame(read_events(run_dir / "trials.jsonl"), columns=["trial_id", "status"])
+    trials = trials.dropna(subset=["status"]).groupby("trial_id", as_index=False).last()
+    curves = read_table(run_dir / "curves.csv", ["trial_id", "epoch"])
+    epochs = curves.groupby("trial_id")["epoch"].max() if len(curves) else pd.Series(dtype=int)
+    return trials.assign(epochs=trials["trial_id"].map(epochs).fillna(0))
 
 
 KILL_POINTS = {
@@ -231,7 +237,7 @@ def test_sigkill_then_resume_finishes_exactly_the_trials_asked_for(tmp_path: Pat
     driver = Driver(tmp_path, *(f"--set={k}={json.dumps(v)}" for k, v in settings.items()))
     deadline = time.time() + 300
     try:
-        while not KILL_POINTS[kill_point](driver.text(), _finished(run_dir / "trials.csv")):
+        while not KILL_POINTS[kill_point](driver.text(), progress(run_dir)):
             if driver.process.poll() is not None or time.time() > deadline:
                 pytest.fail(f"the search never got to {kill_point}: {driver.text()[-2000:]}")
             time.sleep(0.02)
