@@ -186,3 +186,18 @@ def test_the_teacher_runs_only_when_cached_logits_do_not_suffice(
     distiller.teacher.model.stem.register_forward_hook(lambda *args: calls.append(1))
     distiller.forward_train(*env.batch())
     assert bool(calls) == live
+
+
+def test_the_trainer_tells_distillers_the_epoch_and_a_resumed_run_keeps_the_schedule(env: Environment) -> None:
+    settings = {"response": "dkd", "dkd_warmup": 4}
+    trainer = env.trainer("offline", settings, "cnn")
+    dkd = trainer.distiller.knowledge.terms["response"]
+    trainer.run_epoch()
+    assert (trainer.distiller.epoch, dkd.ramp) == (0, 0.25)
+    trainer.run_epoch()
+    assert (trainer.distiller.epoch, dkd.ramp) == (1, 0.5)
+    resumed = env.trainer("offline", settings, "cnn")
+    resumed.load_state_dict(roundtrip(trainer.state_dict()))
+    assert resumed.distiller.knowledge.terms["response"].ramp == 0.5  # restored with the state
+    assert resumed.run_epoch().losses == trainer.run_epoch().losses
+    assert resumed.distiller.knowledge.terms["response"].ramp == 0.75

@@ -68,6 +68,10 @@ class Term(nn.Module):
         self.settings = settings
         self.setup_info = setup
 
+    def logits(self, outputs: Outputs) -> torch.Tensor:
+        """The logits a response term compares (logit standardisation transforms them here)."""
+        return outputs.logits
+
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         """Called by the distiller before every epoch (0-based ``epoch`` of ``epochs``); schedules go here."""
 

@@ -52,5 +52,5 @@ class DIST(Term):
         self, student: Outputs, teacher: Outputs, target: torch.Tensor, index: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
         s = self.settings
-        inter, intra = dist_loss(student.logits, teacher.logits, s.tau)
+        inter, intra = dist_loss(self.logits(student), self.logits(teacher), s.tau)
         return {"dist_inter": s.beta * inter, "dist_intra": s.gamma * intra}

@@ -79,9 +79,6 @@ class DKD(Term):
     def set_extra_state(self, state: dict[str, float]) -> None:
         self.ramp = float(state["ramp"])
 
-    def logits(self, outputs: Outputs) -> torch.Tensor:
-        return outputs.logits
-
     def forward(
         self, student: Outputs, teacher: Outputs, target: torch.Tensor, index: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:

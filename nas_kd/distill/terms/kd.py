@@ -19,10 +19,6 @@ class KD(Term):
     reference = "Hinton, Vinyals & Dean 2015, Distilling the knowledge in a neural network"
     weight, ce_weight, temperature = 0.9, 0.1, 4.0
 
-    def logits(self, outputs: Outputs) -> torch.Tensor:
-        """The logits the term compares (logit-standardised variants transform them here)."""
-        return outputs.logits
-
     def forward(
         self, student: Outputs, teacher: Outputs, target: torch.Tensor, index: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:

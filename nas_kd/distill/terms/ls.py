@@ -20,23 +20,24 @@ def standardise(logits: torch.Tensor) -> torch.Tensor:
     return (logits - logits.mean(1, keepdim=True)) / (logits.std(1, keepdim=True) + 1e-7)
 
 
+class Standardised:
+    """Mixin for a response term: its logits are z-scored first."""
+
+    def logits(self, outputs: Outputs) -> torch.Tensor:
+        return standardise(outputs.logits)
+
+
 @register_term
-class StandardisedKD(KD):
+class StandardisedKD(Standardised, KD):
     name = "ls_kd"
     summary = "Hinton KD on z-scored logits (logit standardisation)"
     reference = "Sun et al. CVPR 2024, Logit standardization in knowledge distillation"
     weight, ce_weight, temperature = 9.0, 0.1, 2.0
 
-    def logits(self, outputs: Outputs) -> torch.Tensor:
-        return standardise(outputs.logits)
-
 
 @register_term
-class StandardisedDKD(DKD):
+class StandardisedDKD(Standardised, DKD):
     name = "ls_dkd"
     summary = "DKD on z-scored logits (logit standardisation)"
     reference = "Sun et al. CVPR 2024, Logit standardization in knowledge distillation"
     weight, ce_weight, temperature = 9.0, 1.0, 2.0
-
-    def logits(self, outputs: Outputs) -> torch.Tensor:
-        return standardise(outputs.logits)
