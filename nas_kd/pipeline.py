@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,8 +16,9 @@ from torch import nn
 from nas_kd.arch import Cost, build_model, measure
 from nas_kd.config import Study, TrainConfig
 from nas_kd.data import Dataset, load_dataset
-from nas_kd.distill import DistillContext, Teacher, make_distiller, parse_distiller_space
-from nas_kd.teachers import CachedModel, cache_root, prepare_teachers
+from nas_kd.distill import DistillContext, HelperTrainer, Teacher, make_distiller, parse_distiller_space
+from nas_kd.helper_models import study_helper_trainer
+from nas_kd.teachers import CachedModel, prepare_teachers
 from nas_kd.train import EpochResult, Trainer, evaluate
 
 
@@ -62,8 +62,7 @@ def make_trainer(
     distiller: str = "ce",
     settings: dict[str, Any] | None = None,
     teachers: list[Teacher] | None = None,
-    cache_dir: Path | None = None,
-    extra: dict[str, Any] | None = None,
+    train_helper: HelperTrainer | None = None,
 ) -> Trainer:
     """A fresh student of ``arch`` wrapped in ``distiller``, ready to train: students, teachers and
     assistants are all built here."""
@@ -73,7 +72,7 @@ def make_trainer(
     if device.type == "cuda":
         student = student.to(memory_format=torch.channels_last)
     context = DistillContext(
-        data, cfg, teachers or [], device, seed, augment, cache_dir=cache_dir, student_arch=arch, extra=extra or {}
+        data, teachers or [], device, seed, augment, cfg.label_smoothing, student_arch=arch, train_helper=train_helper
     )
     return Trainer(make_distiller(distiller, settings or {}, student, context), data, cfg, seed, augment)
 
@@ -90,7 +89,7 @@ def build_trainer(
     """``make_trainer`` with the study's recipe, augmentation and cache."""
     return make_trainer(
         arch, data, study.train, seed, study.data.augment, distiller, settings, teachers,
-        cache_root(study.runs_dir), {"study": study},
+        study_helper_trainer(study, data),
     )  # fmt: skip
 
 

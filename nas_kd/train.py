@@ -93,6 +93,8 @@ class Trainer:
     def run_epoch(self) -> EpochResult:
         distiller, train, spec = self.distiller, self.data.train, self.data.spec
         distiller.train()
+        if hasattr(distiller, "on_epoch_start"):  # schedules (e.g. DKD's warm-up) see the epoch
+            distiller.on_epoch_start(self.epoch, self.cfg.epochs)
         start = time.perf_counter()
         totals: dict[str, torch.Tensor] = {}
         for index in batches(

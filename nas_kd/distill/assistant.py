@@ -16,7 +16,7 @@ from pydantic import Field
 from nas_kd.arch import count_params
 from nas_kd.distill.base import DistillContext, Teacher
 from nas_kd.distill.helpers import params_of, resize_to_params, trained_helper
-from nas_kd.distill.knowledge import KnowledgeSettings
+from nas_kd.distill.knowledge import KnowledgeSettings, TermSettings
 from nas_kd.distill.offline import Offline
 from nas_kd.distill.registry import register
 
@@ -37,7 +37,7 @@ class Assistant(Offline):
         "teacher assistant (TAKD): teacher -> assistant(s) of intermediate size in the student's family "
         "(trained once, cached) -> student; knowledge settings as offline"
     )
-    Settings = AssistantSettings
+    Settings = TermSettings(AssistantSettings)
     requires_teacher = True
 
     def source(self, context: DistillContext) -> Teacher:

@@ -2,22 +2,22 @@
 
 A distiller wraps the student and whatever it trains alongside it (adapters, peers, auxiliary heads);
 ``forward_train`` returns the student's logits and named, already-weighted loss terms (the trainer sums
-them and logs each); ``export_student`` returns the deployable student with auxiliary parts stripped.
+them and logs each); ``export_student`` returns the deployable student with auxiliary parts stripped; ``on_epoch_start`` lets
+schedules see the epoch.
 Teachers are never registered as submodules: they are frozen, always in eval mode, and absent from the
 distiller's parameters and state.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from nas_kd.config import TrainConfig
 from nas_kd.data import Dataset
 
 
@@ -72,19 +72,23 @@ class Teacher:
         return Outputs(*self.features(x)) if features else Outputs(self.logits(x, index, augmented))
 
 
+# Trains a helper network once (cached by the caller) and returns it frozen: (genome, role, teacher or None
+# for plain cross-entropy) -> Teacher. The caller decides the recipe and the cache (the study's, in nas-kd).
+HelperTrainer = Callable[[dict[str, Any], str, "Teacher | None"], "Teacher"]
+
+
 @dataclass
 class DistillContext:
-    """What a distiller may use besides the student: data, teachers, training settings."""
+    """What a distiller may use besides the student: data, teachers, how to train helpers."""
 
     data: Dataset
-    train: TrainConfig
     teachers: list[Teacher] = field(default_factory=list)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     augmented: bool = False  # whether training batches are augmented (then cached logits do not apply)
-    cache_dir: Path | None = None  # where trained helpers (assistants, born-again teachers) are cached
-    extra: dict[str, Any] = field(default_factory=dict)  # "study": the Study (helpers are trained by its recipe)
+    label_smoothing: float = 0.0  # of every cross-entropy on the labels
     student_arch: dict[str, Any] | None = None  # the student's genome (assistants and born-again copies derive from it)
+    train_helper: HelperTrainer | None = None  # trains assistants and born-again copies (see HelperTrainer)
 
 
 class Distiller(nn.Module):
@@ -100,7 +104,17 @@ class Distiller(nn.Module):
         self.student = student
         self.settings = settings
         self.context = context
-        self.cross_entropy = nn.CrossEntropyLoss(label_smoothing=context.train.label_smoothing)
+        self.cross_entropy = nn.CrossEntropyLoss(label_smoothing=context.label_smoothing)
+        self.epoch, self.epochs = 0, 1  # set by on_epoch_start
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        """Called by the trainer before every epoch (``epoch`` 0-based, of ``epochs``). Passes it on to every
+        submodule that has this hook (knowledge terms with schedules, e.g. DKD's warm-up); the values travel
+        in the distiller's state, so a resumed run continues the same schedule."""
+        self.epoch, self.epochs = epoch, epochs
+        for module in self.modules():
+            if module is not self and callable(getattr(module, "on_epoch_start", None)):
+                module.on_epoch_start(epoch, epochs)
 
     def forward_train(
         self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None
@@ -112,6 +126,17 @@ class Distiller(nn.Module):
 
     def export_student(self) -> nn.Module:
         return self.student
+
+    def gradient_barriers(self) -> dict[str, list[nn.Parameter]]:
+        """Loss terms (by name) that must send no gradient into the listed parameters: a network's own
+        outputs used as targets are detached. The conformance suite checks every barrier declared here."""
+        return {}
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "epochs": self.epochs}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.on_epoch_start(int(state["epoch"]), int(state["epochs"]))
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)

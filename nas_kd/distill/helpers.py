@@ -1,5 +1,5 @@
 """Networks that distillers build or train for themselves: fresh peers, resized architectures, and
-helper teachers (assistants, born-again copies) trained once and cached by content hash."""
+helper teachers (assistants, born-again copies), trained by the caller's ``DistillContext.train_helper``."""
 
 from __future__ import annotations
 
@@ -73,39 +73,11 @@ def resize_to_params(
 
 
 def trained_helper(context: DistillContext, arch: dict[str, Any], role: str, teacher: Teacher | None) -> Teacher:
-    """Train ``arch`` once (Hinton KD from ``teacher``, or plain CE without one) and return it as a teacher.
-
-    The recipe is the study's first teacher's (else the study's own), so a helper is as trained as the
-    teacher it stands beside; the cache key covers data, recipe, arch, seed and the teacher's weights,
-    and the teachers' file lock makes concurrent trials train it once."""
-    from nas_kd.teachers import cache_root, cached_model, data_identity, train_plain
-
-    study = context.extra.get("study")
-    if study is None:
-        raise ValueError(f"the {role} helper is trained by the study's recipe: pass the study in context.extra")
-    teachers = study.all_teachers()
-    cfg = study.teacher_train(teachers[0]) if teachers else study.train
-    seed = study.teacher_seed(teachers[0]) if teachers else study.seed
-    distiller = "offline" if teacher is not None else "ce"
-    payload = {
-        "role": role,
-        "data": data_identity(study),
-        "augment": study.data.augment,
-        "arch": arch,
-        "train": cfg.identity(),
-        "seed": seed,
-        "distiller": distiller,
-        "teacher": weights_key(teacher.model) if teacher is not None else None,
-    }
-
-    def train_fn() -> tuple[nn.Module, dict[str, Any]]:
-        teachers_used = [teacher] if teacher is not None else []
-        return train_plain(arch, context.data, cfg, seed, study.data.augment, distiller, {}, teachers_used)
-
-    root = context.cache_dir or cache_root(study.runs_dir)
+    """``arch`` trained once by the caller's ``context.train_helper`` (Hinton KD from ``teacher``, or plain CE
+    without one), as a frozen teacher. Training it (or finding it cached) leaves the caller's RNG as it was,
+    so the distiller's own modules, initialised after this, are the same whether it was cached or not."""
+    if context.train_helper is None:
+        raise ValueError(f"the {role} helper needs DistillContext.train_helper (how to train and cache it)")
     devices = [context.device] if context.device.type == "cuda" else []
-    # Training a helper (or not, when it is cached) must leave the caller's RNG as it was: the
-    # distiller's own modules are initialised after this, identically whether it was cached or not.
     with torch.random.fork_rng(devices=devices):
-        cached = cached_model(root, payload, train_fn, context.data, role)
-    return cached.as_teacher(context.device)
+        return context.train_helper(arch, role, teacher)

@@ -3,8 +3,11 @@
 Soft targets are combined per sample:
 
 - ``mean``: the average of the teachers' softened distributions;
-- ``confidence``: a weighted average, the weights a softmax over the teachers of minus each teacher's
-  cross-entropy on the true label (a teacher that is right and sure of it counts more on that sample);
+- ``confidence``: CA-MKD (Zhang, Chen & Wang ICASSP 2022): one KL per teacher, weighted per sample by
+  ``w_k = (1 - softmax_k(CE_k)) / (K - 1)`` where ``CE_k`` is teacher k's cross-entropy on the label and
+  the softmax runs over the teachers (the authors' code, Rorozhl/CA-MKD); the weights sum to 1 per
+  sample. The authors' loss also divides by K; that constant is left out, so ``alpha`` keeps the meaning
+  it has for ``mean``. With one teacher the weight is 1.
 - ``random``: one teacher per step, drawn from a stream seeded by the trial's seed and the step count
   (the count is part of the distiller's state, so a resumed run draws the same teachers).
 
@@ -28,22 +31,30 @@ from nas_kd.distill.registry import register
 class MultiTeacherSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     combine: Literal["mean", "confidence", "random"] = Field(
-        "mean", description="how teachers combine: mean, confidence (per-sample, from each CE) or random (per step)"
+        "mean", description="how teachers combine: mean, confidence (CA-MKD per-sample weights) or random (per step)"
     )
     temperature: float = Field(4.0, gt=0, description="softening temperature T")
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the KD term; cross-entropy gets 1 - alpha")
 
 
-def combine_targets(
-    teacher_logits: list[torch.Tensor], target: torch.Tensor, temperature: float, confidence: bool
-) -> torch.Tensor:
-    """Per-sample mixture of the teachers' softened distributions (uniform, or confidence-weighted)."""
-    probs = torch.stack([F.softmax(t.float() / temperature, dim=1) for t in teacher_logits])  # (K, N, C)
-    if not confidence:
-        return probs.mean(0)
-    ce = torch.stack([F.cross_entropy(t.float(), target, reduction="none") for t in teacher_logits])  # (K, N)
-    weights = F.softmax(-ce, dim=0)
-    return (weights[..., None] * probs).sum(0)
+def confidence_weights(teacher_logits: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """CA-MKD's (K, N) per-sample teacher weights: (1 - softmax over teachers of CE) / (K - 1)."""
+    if len(teacher_logits) == 1:
+        return torch.ones(1, len(target), device=target.device)
+    ce = torch.stack([F.cross_entropy(t.float(), target, reduction="none") for t in teacher_logits])
+    return (1 - F.softmax(ce, dim=0)) / (len(teacher_logits) - 1)
+
+
+def per_sample_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(N,) KL(teacher || student) of softened outputs, times T^2."""
+    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(1) * temperature**2
+
+
+def mean_targets(teacher_logits: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    """The average of the teachers' softened distributions."""
+    return torch.stack([F.softmax(t.float() / temperature, dim=1) for t in teacher_logits]).mean(0)
 
 
 @register
@@ -62,12 +73,14 @@ class MultiTeacher(Distiller):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         s, context = self.settings, self.context
         teacher_logits = [t.logits(x, index, context.augmented) for t in self.step_teachers()]
-        soft = combine_targets(teacher_logits, y, s.temperature, s.combine == "confidence")
         logits = self.student(x)
-        return logits, {
-            "ce": (1 - s.alpha) * self.cross_entropy(logits, y),
-            "kd": s.alpha * soft_kl(logits, soft, s.temperature),
-        }
+        if s.combine == "confidence":
+            weights = confidence_weights(teacher_logits, y)
+            kls = torch.stack([per_sample_kd(logits, t, s.temperature) for t in teacher_logits])
+            kd = (weights * kls).sum(0).mean()
+        else:
+            kd = soft_kl(logits, mean_targets(teacher_logits, s.temperature), s.temperature)
+        return logits, {"ce": (1 - s.alpha) * self.cross_entropy(logits, y), "kd": s.alpha * kd}
 
     def step_teachers(self) -> list[Teacher]:
         """The teachers of the next step: all of them, or (random) one drawn for this step."""
@@ -80,7 +93,8 @@ class MultiTeacher(Distiller):
 
     # The step count travels in the state dict (a plain int: no device sync per step).
     def get_extra_state(self) -> dict[str, int]:
-        return {"steps": self.steps}
+        return {**super().get_extra_state(), "steps": self.steps}
 
     def set_extra_state(self, state: dict[str, int]) -> None:
+        super().set_extra_state(state)
         self.steps = int(state["steps"])

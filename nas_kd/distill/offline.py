@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from nas_kd.distill.base import DistillContext, Distiller, Teacher, run
-from nas_kd.distill.knowledge import Knowledge, KnowledgeSettings
+from nas_kd.distill.knowledge import Knowledge, KnowledgeSettings, TermSettings
 from nas_kd.distill.registry import register
 
 
@@ -19,18 +19,19 @@ from nas_kd.distill.registry import register
 class Offline(Distiller):
     name = "offline"
     summary = (
-        "frozen pre-trained teacher; response (Hinton KD or DKD), feature (FitNets, AT) and relation "
-        "(RKD, SP) knowledge in any mix, weighted against CE"
+        "frozen pre-trained teacher; one registered term per slot: response (KD, DKD, DIST, LS-KD), feature "
+        "(FitNets, AT) and relation (RKD, SP, CRD), weighted against CE"
     )
-    Settings = KnowledgeSettings
+    Settings = TermSettings(KnowledgeSettings)
     requires_teacher = True
 
     def __init__(self, student: nn.Module, settings: BaseModel, context: DistillContext):
         super().__init__(student, settings, context)
         # Not a submodule: the teacher stays frozen, in eval mode and out of the distiller's state.
         self.teacher = self.source(context)
-        channels = self.teacher.model.stage_channels
-        self.knowledge = Knowledge(settings, student.stage_channels, channels).to(context.device)
+        labels = context.data.train.y
+        self.knowledge = Knowledge.between(settings, student, self.teacher.model, labels, context.seed)
+        self.knowledge.to(context.device)
 
     def source(self, context: DistillContext) -> Teacher:
         """The teacher the student learns from (subclasses put another network there)."""
@@ -42,4 +43,4 @@ class Offline(Distiller):
         features = self.knowledge.needs_features
         student = run(self.student, x, features)
         teacher = self.teacher.outputs(x, index, self.context.augmented, features)
-        return student.logits, self.knowledge(student, teacher, y, self.cross_entropy)
+        return student.logits, self.knowledge(student, teacher, y, self.cross_entropy, index)

@@ -64,14 +64,19 @@ class Online(Distiller):
         if peer == "student":
             return fresh_copy(student)
         if peer == "teacher":
-            study = context.extra.get("study")
-            if study is None or not study.all_teachers():
+            if not context.teachers:
                 raise ValueError("peer: teacher needs a study with a teacher (its architecture is used)")
-            genome = study.all_teachers()[0].genome()
+            model = fresh_copy(context.teachers[0].model)  # the teacher's architecture, from scratch
         else:
-            genome = json.loads(peer)
-        model = build_model(genome, context.data.input_shape, context.data.num_classes).to(context.device)
+            model = build_model(json.loads(peer), context.data.input_shape, context.data.num_classes)
+        model = model.to(context.device)
         return model.to(memory_format=torch.channels_last) if context.device.type == "cuda" else model
+
+    def gradient_barriers(self) -> dict[str, list[nn.Parameter]]:
+        # Each network learns only from its own terms: the others' predictions are targets.
+        peers = list(self.peers.parameters())
+        student = list(self.student.parameters())
+        return {"ce": peers, "kl": peers, "peers_ce": student, "peers_kl": student}
 
     def forward_train(
         self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None

@@ -18,11 +18,13 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from nas_kd.distill import losses
 from nas_kd.distill.base import DistillContext, Distiller, Outputs
 from nas_kd.distill.helpers import trained_helper
-from nas_kd.distill.knowledge import Knowledge, KnowledgeSettings, adapter
+from nas_kd.distill.knowledge import Knowledge, KnowledgeSettings
+from nas_kd.distill.losses import kd_loss
 from nas_kd.distill.registry import register
+from nas_kd.distill.terms.fitnet import fitnet_loss
+from nas_kd.distill.terms.pairing import adapter
 
 
 class SelfSettings(BaseModel):
@@ -79,7 +81,12 @@ class SelfDistillation(Distiller):
                 raise ValueError("born_again needs the student's genome (DistillContext.student_arch)")
             self.born_again_teacher = trained_helper(context, context.student_arch, "born_again", None)
             response = KnowledgeSettings(temperature=settings.temperature, alpha=settings.born_again_alpha)
-            self.knowledge = Knowledge(response, channels, self.born_again_teacher.model.stage_channels)
+            self.knowledge = Knowledge(response, [], [])  # Hinton KD: logits only
+
+    def gradient_barriers(self) -> dict[str, list[nn.Parameter]]:
+        # The heads learn from the deepest classifier and features; those never learn from the heads.
+        deepest = [*self.student.stages[-1].parameters(), *self.student.head.parameters()]
+        return {"heads_kl": deepest, "heads_hint": deepest}
 
     def forward_train(
         self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None
@@ -98,7 +105,7 @@ class SelfDistillation(Distiller):
         for head, feature in zip(self.heads, features, strict=False):
             head_feature, head_logits = head(feature, deepest.shape[2:])
             ce = ce + self.cross_entropy(head_logits, y)
-            kl = kl + losses.kd_loss(head_logits, soft_target, s.temperature)
-            hint = hint + losses.fitnet_loss(head_feature, deepest)
+            kl = kl + kd_loss(head_logits, soft_target, s.temperature)
+            hint = hint + fitnet_loss(head_feature, deepest)
         terms.update(heads_ce=(1 - s.alpha) * ce, heads_kl=s.alpha * kl, heads_hint=s.hint_weight * hint)
         return logits, terms

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from nas_kd.arch import build_model
-from nas_kd.distill import Outputs
+from nas_kd.distill import DISTILLERS, TERMS, Outputs
 from nas_kd.distill.base import run
-from nas_kd.distill.knowledge import Knowledge, KnowledgeSettings, match_spatial, pair_stages
+from nas_kd.distill.knowledge import Knowledge, KnowledgeSettings
 from nas_kd.distill.losses import kd_loss
+from nas_kd.distill.terms.dkd import dkd_loss
+from nas_kd.distill.terms.pairing import match_spatial, pair_stages
 
 SHAPE, CLASSES = (1, 8, 8), 10
 MOBILENET = {"family": "mobilenet", "stem": 8, "stages": [{"channels": 8, "depth": 1}, {"channels": 16, "depth": 1}]}
@@ -58,9 +61,9 @@ def test_feature_and_relation_knowledge_join_any_two_families() -> None:
 
 def test_fitnet_adapters_map_student_channels_onto_the_paired_teacher_stage() -> None:
     knowledge = Knowledge(KnowledgeSettings(feature="fitnet"), [8, 16], [64, 128, 256, 512])
-    convs = [adapter[0] for adapter in knowledge.adapters]
+    convs = [adapter[0] for adapter in knowledge.terms["feature"].adapters]
     assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(8, 128, (1, 1)), (16, 512, (1, 1))]
-    assert not Knowledge(KnowledgeSettings(feature="at"), [8, 16], [64, 128]).adapters  # AT needs none
+    assert not list(Knowledge(KnowledgeSettings(feature="at"), [8, 16], [64, 128]).parameters())  # AT needs none
 
 
 def test_default_knowledge_is_hinton_kd_weighted_by_alpha() -> None:
@@ -93,3 +96,47 @@ def test_weights_scale_the_reference_weight() -> None:
     two = terms(feature="at", relation="sp", feature_weight=2.0, relation_weight=0.5)
     assert two["at"].item() == pytest.approx(2 * one["at"].item(), rel=1e-6)
     assert two["sp"].item() == pytest.approx(0.5 * one["sp"].item(), rel=1e-6)
+
+
+def test_dkd_takes_the_published_weights_and_warms_up_linearly() -> None:
+    g = torch.Generator().manual_seed(1)
+    student, teacher, y = torch.randn(4, 10, generator=g), torch.randn(4, 10, generator=g), torch.tensor([1, 2, 3, 4])
+    ce = nn.CrossEntropyLoss()
+    settings = DISTILLERS["offline"].Settings(response="dkd")
+    knowledge = Knowledge(settings, [8], [8])
+    tckd, nckd = dkd_loss(student, teacher, y, 4.0)
+    ramps = []
+    for epoch in (0, 9, 19, 30):
+        knowledge.terms["response"].on_epoch_start(epoch, 40)
+        terms = knowledge(Outputs(student), Outputs(teacher), y, ce)
+        assert terms["ce"].item() == pytest.approx(ce(student, y).item(), rel=1e-6)  # CE weight 1
+        ramps.append(terms["nckd"].item() / (8 * nckd.item()))
+        assert terms["tckd"].item() == pytest.approx(ramps[-1] * tckd.item(), rel=1e-5)
+    assert ramps == pytest.approx([1 / 20, 10 / 20, 1.0, 1.0], rel=1e-5)  # min(epoch / 20, 1), epochs from 1
+
+
+def test_a_given_alpha_splits_the_weight_between_ce_and_the_response_term() -> None:
+    student, teacher, y = torch.randn(4, 10), torch.randn(4, 10), torch.tensor([1, 2, 3, 4])
+    settings = DISTILLERS["offline"].Settings(response="dkd", alpha=0.25, dkd_warmup=0)
+    terms = Knowledge(settings, [8], [8])(Outputs(student), Outputs(teacher), y, nn.CrossEntropyLoss())
+    tckd, nckd = dkd_loss(student, teacher, y, 4.0)
+    assert terms["ce"].item() == pytest.approx(0.75 * nn.CrossEntropyLoss()(student, y).item(), rel=1e-6)
+    assert terms["nckd"].item() == pytest.approx(0.25 * 8 * nckd.item(), rel=1e-5)
+    assert terms["tckd"].item() == pytest.approx(0.25 * tckd.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"relation": "spp"}, "unknown relation term"), ({"response": "at"}, "unknown response term")],
+)
+def test_unknown_or_misplaced_terms_are_errors(settings: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        DISTILLERS["offline"].Settings(**settings)
+
+
+def test_every_term_setting_is_a_flat_knowledge_setting() -> None:
+    fields = DISTILLERS["offline"].Settings.model_fields
+    for name, term in TERMS.items():
+        for key in term.Settings.model_fields:
+            assert f"{name}_{key}" in fields
+    assert {"crd_nce_k", "crd_nce_t", "crd_nce_m", "dkd_warmup", "dist_tau"} <= set(fields)

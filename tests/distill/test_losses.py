@@ -9,6 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from nas_kd.distill import losses
+from nas_kd.distill.terms.at import at_loss
+from nas_kd.distill.terms.dkd import dkd_loss
+from nas_kd.distill.terms.fitnet import fitnet_loss
+from nas_kd.distill.terms.rkd import rkd_angle_loss, rkd_distance_loss
+from nas_kd.distill.terms.sp import sp_loss
 
 ln = math.log
 
@@ -32,7 +37,7 @@ def test_kd_is_zero_when_the_student_matches_the_teacher() -> None:
 def test_dkd_splits_target_and_non_target_parts() -> None:
     # Teacher p = [2/6, 3/6, 1/6], student p = [1/4, 2/4, 1/4], target class 0, T = 1.
     student, teacher = torch.tensor([[0.0, ln(2), 0.0]]), torch.tensor([[ln(2), ln(3), 0.0]])
-    tckd, nckd = losses.dkd_loss(student, teacher, torch.tensor([0]), 1.0)
+    tckd, nckd = dkd_loss(student, teacher, torch.tensor([0]), 1.0)
     # binary (target, rest): teacher [1/3, 2/3], student [1/4, 3/4]
     assert tckd.item() == pytest.approx(1 / 3 * ln(4 / 3) + 2 / 3 * ln(8 / 9), rel=1e-5)
     # non-target classes renormalised: teacher [3/4, 1/4], student [2/3, 1/3]
@@ -43,7 +48,7 @@ def test_dkd_recombines_into_classic_kd() -> None:
     # KD = TCKD + (1 - teacher's target probability) * NCKD, per sample (Zhao et al., eq. 5).
     g = torch.Generator().manual_seed(1)
     student, teacher, target = torch.randn(1, 6, generator=g), torch.randn(1, 6, generator=g), torch.tensor([2])
-    tckd, nckd = losses.dkd_loss(student, teacher, target, 1.0)
+    tckd, nckd = dkd_loss(student, teacher, target, 1.0)
     rest = 1 - F.softmax(teacher, dim=1)[0, 2]
     assert (tckd + rest * nckd).item() == pytest.approx(losses.kd_loss(student, teacher, 1.0).item(), rel=1e-5)
 
@@ -55,14 +60,14 @@ def test_dkd_scales_with_t_squared() -> None:
         torch.randn(4, 5, generator=g),
         torch.tensor([0, 1, 2, 3]),
     )
-    at_one = losses.dkd_loss(student, teacher, target, 1.0)
-    at_three = losses.dkd_loss(3 * student, 3 * teacher, target, 3.0)
+    at_one = dkd_loss(student, teacher, target, 1.0)
+    at_three = dkd_loss(3 * student, 3 * teacher, target, 3.0)
     for a, b in zip(at_one, at_three, strict=True):
         assert b.item() == pytest.approx(9 * a.item(), rel=1e-5)
 
 
 def test_fitnet_is_the_mean_squared_error() -> None:
-    assert losses.fitnet_loss(torch.tensor([1.0, 2.0]), torch.zeros(2)).item() == pytest.approx(2.5)
+    assert fitnet_loss(torch.tensor([1.0, 2.0]), torch.zeros(2)).item() == pytest.approx(2.5)
 
 
 def test_attention_transfer_compares_normalised_channel_energy() -> None:
@@ -70,7 +75,7 @@ def test_attention_transfer_compares_normalised_channel_energy() -> None:
     student = torch.tensor([[[[1.0, 0.0]], [[1.0, 2.0]]]])
     teacher = torch.ones(1, 3, 1, 2)  # uniform energy -> [1, 1]/sqrt 2
     a, b = 1 / math.sqrt(5) - 1 / math.sqrt(2), 2 / math.sqrt(5) - 1 / math.sqrt(2)
-    assert losses.at_loss(student, teacher).item() == pytest.approx((a * a + b * b) / 2, rel=1e-6)
+    assert at_loss(student, teacher).item() == pytest.approx((a * a + b * b) / 2, rel=1e-6)
 
 
 def test_rkd_distance_compares_mean_normalised_distances() -> None:
@@ -79,7 +84,7 @@ def test_rkd_distance_compares_mean_normalised_distances() -> None:
     mean_t = (2 + math.sqrt(2)) / 3
     diffs = [3 / 4 - 1 / mean_t, 4 / 4 - 1 / mean_t, 5 / 4 - math.sqrt(2) / mean_t]
     expected = 2 * sum(smooth_l1(d) for d in diffs) / 9  # each pair twice, zero diagonal, 9 entries
-    assert losses.rkd_distance_loss(student, teacher).item() == pytest.approx(expected, rel=1e-5)
+    assert rkd_distance_loss(student, teacher).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_rkd_angle_compares_the_cosines_of_all_triplet_angles() -> None:
@@ -89,7 +94,7 @@ def test_rkd_angle_compares_the_cosines_of_all_triplet_angles() -> None:
     # vertex angle's cosine off it; entries that involve the vertex itself are 0 in both. 27 entries.
     diffs = [0 - 0.5] * 2 + [math.sqrt(2) / 2 - 0.5] * 4
     expected = sum(smooth_l1(d) for d in diffs) / 27
-    assert losses.rkd_angle_loss(right, equilateral).item() == pytest.approx(expected, rel=1e-5)
+    assert rkd_angle_loss(right, equilateral).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_relation_terms_ignore_scale_and_width() -> None:
@@ -97,17 +102,17 @@ def test_relation_terms_ignore_scale_and_width() -> None:
     teacher = torch.randn(6, 32, generator=g)
     student = 5 * teacher[:, :16] @ torch.linalg.qr(torch.randn(16, 16, generator=g))[0]  # rotated, scaled
     same_shape = torch.cat([teacher[:, :16], torch.zeros(6, 16)], 1)
-    assert losses.rkd_distance_loss(student, same_shape).item() == pytest.approx(0.0, abs=1e-6)
-    assert losses.rkd_angle_loss(student, same_shape).item() == pytest.approx(0.0, abs=1e-6)
+    assert rkd_distance_loss(student, same_shape).item() == pytest.approx(0.0, abs=1e-6)
+    assert rkd_angle_loss(student, same_shape).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_similarity_preserving_compares_row_normalised_gram_matrices() -> None:
     student = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # Gram I
     teacher = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # Gram all ones -> rows [1, 1]/sqrt 2
     expected = (2 * (1 - 1 / math.sqrt(2)) ** 2 + 2 * 0.5) / 4
-    assert losses.sp_loss(student, teacher).item() == pytest.approx(expected, rel=1e-6)
+    assert sp_loss(student, teacher).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_similarity_preserving_takes_maps_of_any_shape() -> None:
     g = torch.Generator().manual_seed(4)
-    assert losses.sp_loss(torch.randn(4, 8, 4, 4, generator=g), torch.randn(4, 64, 2, 2, generator=g)).item() >= 0
+    assert sp_loss(torch.randn(4, 8, 4, 4, generator=g), torch.randn(4, 64, 2, 2, generator=g)).item() >= 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import types
 import typing
 from typing import Any
 
@@ -15,7 +16,7 @@ from nas_kd.arch import build_model, count_params
 from nas_kd.distill import DISTILLERS, DistillerConfigError, make_settings, parse_distiller_space
 from nas_kd.distill.assistant import assistant_params
 from nas_kd.distill.helpers import resize_to_params
-from nas_kd.distill.multi_teacher import combine_targets
+from nas_kd.distill.multi_teacher import confidence_weights
 from nas_kd.testing.pytest_distillers import STUDENTS, Environment, roundtrip
 
 SCALARS = (int, float, bool, str)
@@ -26,6 +27,9 @@ def test_settings_are_flat_described_scalars_with_defaults(name: str) -> None:
     # Flat scalars are what the study grammar can search (choices, ranges), and what trials.csv records.
     for field, info in DISTILLERS[name].Settings.model_fields.items():
         annotation = info.annotation
+        if typing.get_origin(annotation) in (types.UnionType, typing.Union):  # optional: unset = published
+            annotation, none = typing.get_args(annotation)
+            assert none is type(None) and info.default is None, field
         assert annotation in SCALARS or typing.get_origin(annotation) is typing.Literal, field
         assert not info.is_required(), field
         assert info.description, field
@@ -147,13 +151,17 @@ def test_online_peers_are_independent_networks(env: Environment) -> None:
     assert len(teacher_peer.stages) == 4  # the study teacher's architecture
 
 
-def test_confidence_weights_each_teacher_by_its_cross_entropy() -> None:
-    # Teacher A says [3/4, 1/4], teacher B [1/4, 3/4]; the label is 0. Weights softmax(-CE) = [3/4, 1/4].
-    a, b = torch.tensor([[math.log(3), 0.0]]), torch.tensor([[0.0, math.log(3)]])
-    target = torch.tensor([0])
-    mixed = combine_targets([a, b], target, 1.0, confidence=True)
-    assert mixed.tolist()[0] == pytest.approx([0.75 * 0.75 + 0.25 * 0.25, 0.75 * 0.25 + 0.25 * 0.75])
-    assert combine_targets([a, b], target, 1.0, confidence=False).tolist()[0] == pytest.approx([0.5, 0.5])
+def test_confidence_weights_are_ca_mkds() -> None:
+    # Three teachers, label 0: A is sure and wrong (CE ~20), B and C right. CA-MKD: w = (1 - softmax(CE)) / (K - 1).
+    logits = [torch.tensor([[0.0, 20.0]]), torch.tensor([[5.0, 0.0]]), torch.tensor([[4.0, 0.0]])]
+    ce = [math.log(1 + math.exp(float(t[0, 1] - t[0, 0]))) for t in logits]
+    softmax = [math.exp(c) / sum(math.exp(d) for d in ce) for c in ce]
+    weights = confidence_weights(logits, torch.tensor([0]))
+    assert weights[:, 0].tolist() == pytest.approx([(1 - p) / 2 for p in softmax], rel=1e-5, abs=1e-7)
+    assert weights[:, 0].tolist() == pytest.approx([0.0, 0.5, 0.5], abs=1e-6)
+    # Two teachers: (1 - softmax(CE)) equals softmax(-CE).
+    two = confidence_weights(logits[1:], torch.tensor([0]))[:, 0]
+    assert two.tolist() == pytest.approx(torch.softmax(-torch.tensor(ce[1:]), 0).tolist(), rel=1e-5)
 
 
 def test_random_combination_draws_every_teacher_reproducibly(env: Environment) -> None:
@@ -178,3 +186,18 @@ def test_the_teacher_runs_only_when_cached_logits_do_not_suffice(
     distiller.teacher.model.stem.register_forward_hook(lambda *args: calls.append(1))
     distiller.forward_train(*env.batch())
     assert bool(calls) == live
+
+
+def test_the_trainer_tells_distillers_the_epoch_and_a_resumed_run_keeps_the_schedule(env: Environment) -> None:
+    settings = {"response": "dkd", "dkd_warmup": 4}
+    trainer = env.trainer("offline", settings, "cnn")
+    dkd = trainer.distiller.knowledge.terms["response"]
+    trainer.run_epoch()
+    assert (trainer.distiller.epoch, dkd.ramp) == (0, 0.25)
+    trainer.run_epoch()
+    assert (trainer.distiller.epoch, dkd.ramp) == (1, 0.5)
+    resumed = env.trainer("offline", settings, "cnn")
+    resumed.load_state_dict(roundtrip(trainer.state_dict()))
+    assert resumed.distiller.knowledge.terms["response"].ramp == 0.5  # restored with the state
+    assert resumed.run_epoch().losses == trainer.run_epoch().losses
+    assert resumed.distiller.knowledge.terms["response"].ramp == 0.75
