@@ -29,7 +29,7 @@ import torch
 
 from nas_kd.arch import build_model
 from nas_kd.config import Study, study_from_dict
-from nas_kd.data import Dataset, Split, load_dataset
+from nas_kd.data import Dataset, load_dataset
 from nas_kd.distill import DISTILLERS, DistillContext, Teacher, make_distiller
 from nas_kd.teachers import CachedModel, prepare_teachers
 from nas_kd.train import EpochResult, Trainer
@@ -129,7 +129,7 @@ class Environment:
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index = torch.arange(128)
-        return self.data.train.x[index], self.data.train.y[index], index
+        return self.data.train.batch(index), self.data.train.y[index], index
 
 
 def make_environment(root: Path) -> Environment:
@@ -137,7 +137,7 @@ def make_environment(root: Path) -> Environment:
     study = study_from_dict({**STUDY, "runs_dir": str(root)})
     d = study.data
     data = load_dataset(d.dataset, d.data_dir, d.val_fraction, d.split_seed)
-    data.train = Split(data.train.x[:TRAIN_ROWS], data.train.y[:TRAIN_ROWS])
+    data.train = data.train.subset(slice(0, TRAIN_ROWS))
     with one_thread():
         teachers = prepare_teachers(study, data, log=lambda message: None)
     return Environment(data, study, teachers, root / "helpers")
