@@ -374,16 +374,20 @@ def load_folder(
         else:
             log(f"{root}: images read from the cache {cache}")
     if skipped:
-        log(f"{root}: skipped {len(skipped)} files that are not images ({', '.join(skipped[:3])}, ...)")
+        log(f"{root}: skipped {len(skipped)} files that are not images ({_some(skipped)})")
     with np.load(cache, allow_pickle=False) as stored:
         arrays = dict(stored)
     names = [str(n) for n in arrays.pop("class_names")]
     unreadable = [str(n) for n in arrays.pop("unreadable")]
     if unreadable:
-        log(f"{root}: skipped {len(unreadable)} unreadable image files ({', '.join(unreadable[:3])})")
+        log(f"{root}: skipped {len(unreadable)} image files that could not be decoded ({_some(unreadable)})")
     if not len(arrays["y_train"]):
         raise DataError("path", f"{root / 'train'}: none of its images could be read")
     return RawData(**arrays, class_names=names, fingerprint=key)
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def _stat(path: Path) -> tuple[int, int]:

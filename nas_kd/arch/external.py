@@ -137,9 +137,10 @@ class TeacherNet(nn.Module):
 
     def _build_extractor(self) -> None:
         _, nodes = get_graph_node_names(self.model)
-        unknown = [n for n in self.feature_nodes if n not in nodes]
+        # A module's name stands for its last node (torchvision's rule): "layer4" is the output of layer4.
+        unknown = [n for n in self.feature_nodes if not any(m == n or m.startswith(n + ".") for m in nodes)]
         if unknown:
-            shown = [n for n in nodes if n.count(".") <= 1]
+            shown = sorted({".".join(n.split(".")[:2]) for n in nodes}, key=lambda n: nodes.index(_first(nodes, n)))
             raise ModelSourceError(
                 f"feature node {unknown[0]!r} is not in the model; its nodes include: {', '.join(shown[:60])}"
                 + (" ..." if len(shown) > 60 else "")
@@ -189,6 +190,10 @@ class TeacherNet(nn.Module):
         return outputs[self._output], features, embedding
 
 
+def _first(nodes: list[str], prefix: str) -> str:
+    return next(n for n in nodes if n == prefix or n.startswith(prefix + "."))
+
+
 def default_feature_nodes(model: nn.Module, input_shape: tuple[int, int, int]) -> list[str]:
     """Stage outputs of a classification CNN: ResNet's four layers, else the last block at each resolution of
     its main container (MobileNet, EfficientNet, ConvNeXt, VGG, timm's ``stages``), the deepest four."""
@@ -225,7 +230,7 @@ def default_feature_nodes(model: nn.Module, input_shape: tuple[int, int, int]) -
         _, nodes = get_graph_node_names(model)
         raise ModelSourceError(
             f"found no stage feature maps in {type(model).__name__}; give teacher.feature_nodes from its nodes: "
-            + ", ".join([n for n in nodes if n.count(".") <= 1][:60])
+            + ", ".join(dict.fromkeys(".".join(n.split(".")[:2]) for n in nodes))
         )
     return last_per_size[-MAX_STAGES:]
 
