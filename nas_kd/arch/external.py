@@ -222,7 +222,12 @@ def default_feature_nodes(model: nn.Module, input_shape: tuple[int, int, int]) -
         for hook in hooks:
             hook.remove()
         model.train(was_training)
-    maps = [(name, shapes[name]) for name, _ in candidates if len(shapes.get(name, ())) == 4]
+    global_pools = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)  # the classifier's input, not a stage
+    maps = [
+        (name, shapes[name])
+        for name, module in candidates
+        if len(shapes.get(name, ())) == 4 and not isinstance(module, global_pools)
+    ]
     last_per_size = [
         name for i, (name, shape) in enumerate(maps) if i + 1 == len(maps) or maps[i + 1][1][2:] != shape[2:]
     ]
