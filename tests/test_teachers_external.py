@@ -247,3 +247,19 @@ def test_search_with_a_folder_dataset_and_a_weights_teacher(
     (teacher_row,) = json.loads((result.run_dir / "teachers.json").read_text())
     assert teacher_row["arch_summary"] == "torchvision resnet18" and teacher_row["val_accuracy"] is not None
     assert len(result.trials) == 2 and (result.trials["val_accuracy"] > 0).all()
+
+
+@pytest.mark.slow
+def test_timm_teacher_with_weights(folder: Path, tmp_path: Path) -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=10)
+    save_file(model.state_dict(), tmp_path / "r10t.safetensors")
+    teacher = {"timm": "resnet10t", "weights": str(tmp_path / "r10t.safetensors"), "input": {"image_size": [32, 32]}}
+    study = load_study(write_study(tmp_path, folder, teacher))
+    data = check_data(study)
+    (built,) = check_teachers(study, data)
+    assert built.feature_nodes == ["layer1", "layer2", "layer3", "layer4"] and len(built.stage_channels) == 4
+    x = data.val.batch(torch.arange(3))
+    view = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    assert torch.allclose(built(x), model.eval()(view), atol=1e-4)  # the file's weights, on the teacher's view

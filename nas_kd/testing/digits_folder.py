@@ -14,7 +14,7 @@ def write_digits_folder(
     root: str | Path, size: int = 32, limit: int | None = None, test: bool = True, seed: int = 0
 ) -> Path:
     """Write ``root/{train,val,test}/<class name>/<n>.png`` (RGB, ``size`` x ``size``): 70% / 15% / 15% of the
-    1,797 digits (``limit`` keeps the first ones), each drawn in a random colour on a random background."""
+    1,797 digits (``limit`` keeps the first ones), each drawn in a random dark colour on a random light background."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -30,7 +30,7 @@ def write_digits_folder(
         split = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
         if split == "test" and not test:
             continue
-        ink, paper = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        ink, paper = rng.integers(0, 110, 3), rng.integers(150, 256, 3)  # any hue, dark ink on light paper
         alpha = (images[i] / 16.0)[..., None]
         rgb = (alpha * ink + (1 - alpha) * paper).astype(np.uint8)
         folder = root / split / CLASS_NAMES[labels[i]]
