@@ -38,6 +38,7 @@ def resnet_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"safetensors": root / "resnet18.safetensors", "pth": root / "r.pth"}
 
 
+@pytest.mark.slow
 def test_weights_load_without_pickle_from_both_formats(resnet_weights: dict[str, Path], tmp_path: Path) -> None:
     reference = load_file(resnet_weights["safetensors"])
     for path in resnet_weights.values():
@@ -263,3 +264,12 @@ def test_timm_teacher_with_weights(folder: Path, tmp_path: Path) -> None:
     x = data.val.batch(torch.arange(3))
     view = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
     assert torch.allclose(built(x), model.eval()(view), atol=1e-4)  # the file's weights, on the teacher's view
+
+
+def test_untrained_torchvision_teacher_of_another_family_is_built_as_torchvision_builds_it() -> None:
+    from nas_kd.arch import build_model
+
+    model = build_model({"torchvision": "mobilenet_v3_small"}, (1, 16, 16), 4)
+    logits, features, _ = model.forward_features(torch.randn(2, 1, 16, 16))  # grey repeated to RGB
+    assert logits.shape == (2, 4) and len(features) == len(model.stage_channels) == 4
+    assert isinstance(model.model, torchvision.models.MobileNetV3)
