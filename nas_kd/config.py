@@ -162,6 +162,18 @@ class TeacherConfig(ModelSource):
             raise ValueError(f"python: write it as package.module:factory, got {self.python!r}")
         return self
 
+    def genome(self) -> dict[str, Any]:
+        """The architecture alone (no weights, no view of the data; ``teachers.teacher_genome`` adds the view):
+        nas-kd's genome, a saved folder's, or ``{"wrap": {library: name}, "feature_nodes": ...}``."""
+        if self.model_dir is not None:
+            return json.loads((Path(self.model_dir) / "model.json").read_text())["arch"]
+        library = next((k for k in ("timm", "python") if getattr(self, k) is not None), None)
+        if library is None and self.torchvision is not None and self.weights is not None:
+            library = "torchvision"  # exactly as torchvision builds it, so its weights fit
+        if library is None:
+            return super().genome()
+        return {"wrap": {library: getattr(self, library)}, "feature_nodes": self.feature_nodes, "view": None}
+
     @property
     def pretrained(self) -> bool:
         """Given with weights (or a saved folder): evaluated once, never trained."""

@@ -167,16 +167,8 @@ def train_plain(
 def teacher_genome(teacher: TeacherConfig, data: Dataset) -> dict[str, Any]:
     """The genome that rebuilds ``teacher`` (``build_model``): nas-kd's own, or a wrapped network
     (``arch/external.py``) when it comes from a library or the user's code, or sees its own view of the data."""
-    if teacher.model_dir is not None:
-        inner: dict[str, Any] = {"genome": read_model_info(teacher.model_dir)["arch"]}
-    elif teacher.timm is not None:
-        inner = {"timm": teacher.timm}
-    elif teacher.python is not None:
-        inner = {"python": teacher.python}
-    elif teacher.torchvision is not None and teacher.weights is not None:
-        inner = {"torchvision": teacher.torchvision}  # exactly as torchvision builds it, so its weights fit
-    else:
-        inner = {"genome": teacher.genome()}
+    genome = teacher.genome()
+    inner: dict[str, Any] = genome["wrap"] if "wrap" in genome and teacher.model_dir is None else {"genome": genome}
     view = teacher.input.model_dump() if teacher.input else {}
     if "torchvision" in inner and data.input_shape[0] == 1 and not view.get("channels"):
         view["channels"] = 3  # torchvision's networks take RGB: grey images are repeated to 3 channels
