@@ -11,11 +11,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: install quickstart test test-fast lint
+.PHONY: install quickstart test test-fast lint digits-folder
 install: $(STAMP)
 
 quickstart: $(STAMP)
 	$(BIN)/nas-kd search studies/quickstart.yaml --fresh
+
+# scikit-learn's digits as an image folder, for studies/own_data.yaml (docs/your-data.md)
+digits-folder: $(STAMP)
+	$(BIN)/python scripts/make_digits_folder.py data/digits_folder
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider

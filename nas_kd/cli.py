@@ -60,6 +60,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _accuracy(value: float | None) -> str:
+    return "n/a (no test split)" if value is None else f"{value:.4f}"
+
+
 def cmd_teacher(args: argparse.Namespace) -> int:
     from nas_kd.pipeline import ready_teachers, resolve_device, study_data
 
@@ -71,7 +75,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
         info = cached.info
         print(
             f"{info['name']}: {info['params']:,} params, val_accuracy {info['val_accuracy']:.4f}, "
-            f"test_accuracy {info['test_accuracy']:.4f} -> {cached.path}"
+            f"test_accuracy {_accuracy(info['test_accuracy'])} -> {cached.path}"
         )
     return 0
 
@@ -102,6 +106,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         settings = {k: p.sample(rng) for k, p in choice.settings.items()}
     device = resolve_device(args.device)
     data = study_data(study, device)
+    for note in data.notes:
+        print(f"note: {note}")
     teachers = [c.as_teacher(device) for c in ready_teachers(study, data)]
     for t in teachers:
         print(f"{t.name}: {t.params:,} params, val_accuracy {t.val_accuracy:.4f}")
@@ -117,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train_student(study, data, teachers, arch, name, settings, seed, on_epoch)
     ratio = f" ({teachers[0].params / result.cost.params:.1f}x fewer than the teacher)" if teachers else ""
     print(
-        f"student ({name}): val_accuracy {result.val_accuracy:.4f} test_accuracy {result.test_accuracy:.4f} "
+        f"student ({name}): val_accuracy {result.val_accuracy:.4f} test_accuracy {_accuracy(result.test_accuracy)} "
         f"params {result.cost.params:,}{ratio} flops {result.cost.flops:,} "
         f"seconds/epoch {result.seconds_per_epoch:.2f}"
     )
@@ -133,6 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "test_accuracy": result.test_accuracy,
                 "distiller": name,
                 "settings": settings,
+                **data.preprocessing(),
             },
         )
         print(f"saved to {args.save} (load with nas_kd.load_student)")

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
 
-from nas_kd.data import DATASETS
+from nas_kd.data import DATASETS, USER_SOURCES
 from nas_kd.plugins import PluginError, import_plugins, resolve_plugins
 
 OBJECTIVES = ("params", "flops", "model_bytes", "latency_ms")
@@ -32,8 +32,13 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    dataset: str = "digits"
+    dataset: str = "digits"  # a built-in dataset, or folder | arrays | python (the user's own data)
     data_dir: str | None = None
+    path: str | None = None  # folder: the ImageFolder root; arrays: the .npz file
+    factory: str | None = None  # python: "package.module:function" returning the splits
+    image_size: list[int] | None = None  # [H, W] the images are stored (and the student sees them) at
+    channels: Literal[1, 3] | None = None  # default: what the files are
+    max_device_bytes: int | None = Field(None, ge=1)  # default: no limit on CPU, half the memory of a GPU
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     split_seed: int = 0  # fixed apart from the study seed, so teachers and their cached logits are shared
     augment: bool = False
@@ -41,9 +46,34 @@ class DataConfig(Strict):
     @field_validator("dataset")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in DATASETS:
-            raise ValueError(f"unknown dataset {value!r}; one of {', '.join(sorted(DATASETS))}")
+        if value not in DATASETS and value not in USER_SOURCES:
+            known = ", ".join([*sorted(DATASETS), *USER_SOURCES])
+            raise ValueError(f"unknown dataset {value!r}; one of {known}")
         return value
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (len(value) != 2 or min(value) < 1):
+            raise ValueError("give [height, width], both at least 1")
+        return value
+
+    @model_validator(mode="after")
+    def _source(self) -> DataConfig:
+        needs = {"folder": "path", "arrays": "path", "python": "factory"}.get(self.dataset)
+        for name in ("path", "factory"):
+            given = getattr(self, name) is not None
+            if given and name != needs:
+                raise ValueError(f"{name} is for dataset {'python' if name == 'factory' else 'folder or arrays'}")
+            if not given and name == needs:
+                raise ValueError(f"dataset {self.dataset} needs {name}")
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """What fixes the rows of the data (cache keys); unset options are left out, so built-in datasets keep
+        the keys they had before the options existed."""
+        keys = ("dataset", "val_fraction", "split_seed", "path", "factory", "image_size", "channels")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
 MAX_EPOCHS = 10_000  # documented bounds: a typo (1e30) fails at validate time, not after hours of set-up
@@ -72,15 +102,16 @@ class TrainConfig(Strict):
 class ModelSource(Strict):
     """An architecture given inline (``arch``), by JSON file (``arch_file``) or as a torchvision model."""
 
+    SOURCES: ClassVar[tuple[str, ...]] = ("arch", "arch_file", "torchvision")
     arch: dict[str, Any] | None = None
     arch_file: str | None = None
     torchvision: str | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
-        given = [k for k in ("arch", "arch_file", "torchvision") if getattr(self, k) is not None]
+        given = [k for k in self.SOURCES if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of arch, arch_file, torchvision (got {given or 'none'})")
+            raise ValueError(f"give exactly one of {', '.join(self.SOURCES)} (got {given or 'none'})")
         return self
 
     def genome(self) -> dict[str, Any]:
@@ -92,9 +123,66 @@ class ModelSource(Strict):
         return self.arch
 
 
+class TeacherInput(Strict):
+    """The teacher's own view of each image: resized, channel-converted, normalised its own way."""
+
+    image_size: list[int] | None = None  # [H, W]
+    channels: Literal[1, 3] | None = None
+    mean: list[float] | None = None  # the teacher's normalisation, in pixel/255 units (as torchvision's)
+    std: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TeacherInput:
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise ValueError("image_size: give [height, width], both at least 1")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give mean and std together")
+        if self.mean is not None and self.std is not None:
+            if len(self.mean) != len(self.std) or (self.channels and len(self.mean) != self.channels):
+                raise ValueError("mean and std need one value per channel")
+            if min(self.std) <= 0:
+                raise ValueError("std values must be positive")
+        return self
+
+
 class TeacherConfig(ModelSource):
+    """A teacher nas-kd trains (arch, arch_file, torchvision without weights) or one the user brings: a
+    torchvision / timm / Python model with ``weights``, or a folder nas-kd saved (``model_dir``)."""
+
+    SOURCES: ClassVar[tuple[str, ...]] = ("arch", "arch_file", "torchvision", "timm", "python", "model_dir")
+    timm: str | None = None
+    python: str | None = None  # "package.module:factory", called with num_classes=<the data's classes>
+    model_dir: str | None = None
+    weights: str | None = None  # safetensors, or a .pt/.pth state dict (loaded with weights_only=True)
+    feature_nodes: list[str] | None = None  # stage outputs for feature knowledge (default: found per family)
+    input: TeacherInput | None = None
     train: TrainConfig | None = None  # defaults to the study's train block
     seed: int | None = None  # defaults to the study's seed
+
+    @model_validator(mode="after")
+    def _weights(self) -> TeacherConfig:
+        if self.weights is not None and self.torchvision is None and self.timm is None and self.python is None:
+            raise ValueError("weights go with torchvision, timm or python")
+        if self.python is not None and ":" not in self.python:
+            raise ValueError(f"python: write it as package.module:factory, got {self.python!r}")
+        return self
+
+    def genome(self) -> dict[str, Any]:
+        """The architecture alone (no weights, no view of the data; ``teachers.teacher_genome`` adds the view):
+        nas-kd's genome, a saved folder's, or ``{"wrap": {library: name}, "feature_nodes": ...}``."""
+        if self.model_dir is not None:
+            return json.loads((Path(self.model_dir) / "model.json").read_text())["arch"]
+        library = next((k for k in ("timm", "python") if getattr(self, k) is not None), None)
+        if library is None and self.torchvision is not None and self.weights is not None:
+            library = "torchvision"  # exactly as torchvision builds it, so its weights fit
+        if library is None:
+            return super().genome()
+        return {"wrap": {library: getattr(self, library)}, "feature_nodes": self.feature_nodes, "view": None}
+
+    @property
+    def pretrained(self) -> bool:
+        """Given with weights (or a saved folder): evaluated once, never trained."""
+        return self.weights is not None or self.model_dir is not None
 
 
 class SchedulerConfig(Strict):
@@ -105,7 +193,7 @@ class SchedulerConfig(Strict):
 
 class SearchConfig(Strict):
     # A file, an inline mapping, or a list of either (one per family); run directories hold the inlined form.
-    space: str | dict[str, Any] | list[str | dict[str, Any]] = "search_spaces/resnet.yaml"
+    space: str | dict[str, Any] | list[str | dict[str, Any]] | None = None  # required by `nas-kd search`
     trials: int = Field(12, ge=1, le=MAX_TRIALS)
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     objectives: list[str] = Field(default_factory=lambda: ["val_accuracy", "params"])
@@ -171,7 +259,8 @@ class Study(Strict):
             data["student"].update(arch=self.student.genome(), arch_file=None)
         from nas_kd.space import load_space_spec
 
-        data["search"]["space"] = load_space_spec(self.search.space)
+        if self.search.space is not None:
+            data["search"]["space"] = load_space_spec(self.search.space)
         return data
 
 
@@ -220,7 +309,8 @@ def study_from_dict(raw: Any, source: str | Path = "<study>", base: Path | None 
     except DistillerConfigError as error:
         raise StudyError(source, f"distiller{error.where}", str(error)) from None
     try:
-        load_space(study.search.space)
+        if study.search.space is not None:
+            load_space(study.search.space)
     except SpaceError as error:
         raise StudyError(source, f"search.space{error.where}", str(error)) from None
     return study
@@ -255,6 +345,18 @@ def _check_files(study: Study, source: str | Path, base: Path) -> None:
                 model_source.genome()
             except json.JSONDecodeError as error:
                 raise StudyError(source, f"{field}.arch_file", f"not valid JSON ({error.msg})") from None
+    for field, teacher in sources:
+        if isinstance(teacher, TeacherConfig):
+            _check_teacher_files(teacher, field, source, base)
+    data = study.data
+    if data.path is not None:
+        data.path = _resolve(base, data.path)
+        exists = Path(data.path).is_dir() if data.dataset == "folder" else Path(data.path).is_file()
+        if not exists:
+            raise StudyError(source, "data.path", f"{'folder' if data.dataset == 'folder' else 'file'} not found: "
+                             f"{data.path}")  # fmt: skip
+    if data.factory is not None and ":" not in data.factory:
+        raise StudyError(source, "data.factory", f"write it as package.module:function, got {data.factory!r}")
     spaces = study.search.space
     if isinstance(spaces, (str, list)):
         items = [spaces] if isinstance(spaces, str) else spaces
@@ -268,6 +370,17 @@ def _check_files(study: Study, source: str | Path, base: Path) -> None:
     study.runs_dir = str(Path(study.runs_dir).expanduser().resolve())
     if study.data.data_dir:
         study.data.data_dir = str(Path(study.data.data_dir).expanduser())
+
+
+def _check_teacher_files(teacher: TeacherConfig, field: str, source: str | Path, base: Path) -> None:
+    if teacher.weights is not None:
+        teacher.weights = _resolve(base, teacher.weights)
+        if not Path(teacher.weights).is_file():
+            raise StudyError(source, f"{field}.weights", f"file not found: {teacher.weights}")
+    if teacher.model_dir is not None:
+        teacher.model_dir = _resolve(base, teacher.model_dir)
+        if not (Path(teacher.model_dir) / "model.json").is_file():
+            raise StudyError(source, f"{field}.model_dir", f"no saved model (model.json) in {teacher.model_dir}")
 
 
 def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Study:

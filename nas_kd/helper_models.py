@@ -28,13 +28,13 @@ def study_helper_trainer(study: Study, data: Dataset, cache_dir: Path | None = N
     cfg = study.teacher_train(configs[0]) if configs else study.train
     seed = study.teacher_seed(configs[0]) if configs else study.seed
     root = cache_dir or teacher_cache.cache_root(study.runs_dir)
-    device = data.train.x.device
+    device = data.train.device
 
     def train_helper(arch: dict[str, Any], role: str, teacher: Teacher | None) -> Teacher:
         distiller = "offline" if teacher is not None else "ce"
         payload = {
             "role": role,
-            "data": teacher_cache.data_identity(study),
+            "data": teacher_cache.data_identity(study, data),
             "augment": study.data.augment,
             "arch": arch,
             "train": cfg.identity(),

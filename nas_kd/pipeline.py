@@ -8,14 +8,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from nas_kd.arch import Cost, build_model, measure
-from nas_kd.config import Study, TrainConfig
-from nas_kd.data import Dataset, load_dataset
+from nas_kd.config import Study, StudyError, TrainConfig
+from nas_kd.data import DataError, Dataset, load_dataset
 from nas_kd.distill import DistillContext, HelperTrainer, Teacher, make_distiller, parse_distiller_space
 from nas_kd.helper_models import study_helper_trainer
 from nas_kd.teachers import CachedModel, prepare_teachers
@@ -28,9 +29,24 @@ def resolve_device(prefer: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def study_data(study: Study, device: torch.device) -> Dataset:
+def study_data(study: Study, device: torch.device, log: Callable[[str], None] = print) -> Dataset:
+    """The study's data on ``device``; user data that cannot be used raises one ``StudyError`` naming the field.
+    Decoded image folders are cached under ``<runs_dir>/_cache/data``."""
     d = study.data
-    return load_dataset(d.dataset, d.data_dir, d.val_fraction, d.split_seed, device)
+    try:
+        return load_dataset(
+            d.dataset, d.data_dir, d.val_fraction, d.split_seed, device,
+            path=d.path, factory=d.factory, image_size=d.image_size, channels=d.channels,
+            cache_dir=Path(study.runs_dir) / "_cache" / "data", max_device_bytes=d.max_device_bytes, log=log,
+        )  # fmt: skip
+    except DataError as error:
+        raise StudyError(study.path or "<study>", f"data.{error.field}", error.message) from None
+
+
+def check_data(study: Study) -> Dataset:
+    """Load the study's data on the CPU (decoding and caching an image folder): what ``nas-kd validate`` checks
+    beyond the study file itself."""
+    return study_data(study, torch.device("cpu"), log=lambda _: None)
 
 
 def ready_teachers(study: Study, data: Dataset, log: Callable[[str], None] = print) -> list[CachedModel]:
@@ -48,7 +64,7 @@ class StudentResult:
     cost: Cost
     history: list[EpochResult]
     val_accuracy: float
-    test_accuracy: float
+    test_accuracy: float | None  # None when the data has no test split
     seconds_per_epoch: float
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -66,7 +82,7 @@ def make_trainer(
 ) -> Trainer:
     """A fresh student of ``arch`` wrapped in ``distiller``, ready to train: students, teachers and
     assistants are all built here."""
-    device = data.train.x.device
+    device = data.train.device
     torch.manual_seed(seed)
     student = build_model(arch, data.input_shape, data.num_classes).to(device)
     if device.type == "cuda":
@@ -118,6 +134,6 @@ def train_student(
         cost=measure(student, data.input_shape),
         history=history,
         val_accuracy=evaluate(student, data.val),
-        test_accuracy=evaluate(student, data.test),
+        test_accuracy=evaluate(student, data.test) if data.has_test else None,
         seconds_per_epoch=elapsed / max(1, len(history)),
     )

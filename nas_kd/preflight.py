@@ -62,7 +62,8 @@ def check_study(study: Study) -> None:
             raise StudyError(source, f"{field}.{key}", str(error)) from None
     if parse_distiller_space(study.distiller).needs_teacher and not study.all_teachers():
         raise StudyError(source, "teacher", "the distiller needs a teacher; add a teacher block")
-    _check_space(study, source, input_shape, classes)
+    if study.search.space is not None:
+        _check_space(study, source, input_shape, classes)
 
 
 def _check_space(study: Study, source: str, input_shape: tuple[int, int, int], classes: int) -> None:

@@ -3,7 +3,11 @@
 A cached model lives in ``<runs_dir>/_cache/models/<key>/`` where ``key`` hashes everything that
 determines it (dataset and split, architecture, how it is trained, seed). Concurrent requests for
 the same key train it once: a file lock serialises them and the folder appears by atomic rename.
-Its fp16 logits on the un-augmented training and validation splits are stored beside it.
+Its fp16 logits on the un-augmented training split are stored beside it.
+
+A teacher the user brings with weights (torchvision, timm, their own module) or as a saved folder
+(``model_dir``) is never trained: it is evaluated once and cached the same way, keyed by the weights'
+content hash. ``check_teachers`` finds what is wrong with such a teacher before anything is written.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from filelock import FileLock
 from torch import nn
 
 from nas_kd.arch import build_model, count_flops, count_params
+from nas_kd.arch.external import ModelSourceError, WeightsError, load_weights
 from nas_kd.checkpoint import load_student, read_model_info, save_model_dir
-from nas_kd.config import Study, TeacherConfig, TrainConfig
+from nas_kd.config import Study, StudyError, TeacherConfig, TrainConfig
 from nas_kd.data import Dataset
 from nas_kd.distill import Teacher
 
@@ -61,10 +66,21 @@ def cache_root(runs_dir: str | Path) -> Path:
     return Path(runs_dir) / "_cache" / "models"
 
 
-def data_identity(study: Study) -> dict[str, Any]:
-    """What fixes the rows of data.train: the cached logits depend on it."""
-    d = study.data
-    return {"dataset": d.dataset, "val_fraction": d.val_fraction, "split_seed": d.split_seed}
+def data_identity(study: Study, data: Dataset | None = None) -> dict[str, Any]:
+    """What fixes the rows of data.train: the cached logits depend on it. User data adds its content hash
+    (pass ``data``), so a changed folder or file is different data."""
+    identity = study.data.identity()
+    if data is not None and data.fingerprint:
+        identity["content"] = data.fingerprint
+    return identity
+
+
+def file_digest(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:20]
 
 
 def cached_model(
@@ -74,14 +90,16 @@ def cached_model(
     data: Dataset,
     name: str,
     log: Callable[[str], None] = print,
+    action: str = "training",
 ) -> CachedModel:
-    """Return the model ``payload`` describes, training it with ``train_fn`` only if it is not cached."""
+    """Return the model ``payload`` describes, made by ``train_fn`` (training it, or for a teacher given with
+    weights, loading and evaluating it) only if it is not cached."""
     key = content_key(payload)
     path = root / key
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f"{key}.lock")):
         if not (path / "model.json").exists():
-            log(f"training {name} ({key}) ...")
+            log(f"{action} {name} ({key}) ...")
             model, meta = train_fn()
             model.eval()
             logits = _logits(model, data)
@@ -91,6 +109,7 @@ def cached_model(
                 "payload": payload,
                 "params": count_params(model),
                 "flops": count_flops(model, data.input_shape),
+                **data.preprocessing(),
                 **meta,
             }
             arrays = {"train_logits": logits}
@@ -103,9 +122,23 @@ def cached_model(
 
 @torch.no_grad()
 def _logits(model: nn.Module, data: Dataset, batch_size: int = 1024) -> np.ndarray:
-    x = data.train.x
-    out = [model(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)]
+    """fp16 logits on the un-augmented training split, in its row order (on the teacher's own view)."""
+    train = data.train
+    out = [
+        model(train.batch(torch.arange(i, min(i + batch_size, len(train)), device=train.device))).float()
+        for i in range(0, len(train), batch_size)
+    ]
     return torch.cat(out).to(torch.float16).cpu().numpy()
+
+
+def accuracies(model: nn.Module, data: Dataset) -> dict[str, float | None]:
+    """Validation and test accuracy; test is None when the data has no test split."""
+    from nas_kd.train import evaluate
+
+    return {
+        "val_accuracy": evaluate(model, data.val),
+        "test_accuracy": evaluate(model, data.test) if data.has_test else None,
+    }
 
 
 def train_plain(
@@ -125,7 +158,6 @@ def train_plain(
     With ``resume_dir`` the whole trainer state is saved there after every epoch and training continues from
     it if it is there already (a driver killed while a teacher trains loses at most one epoch)."""
     from nas_kd.pipeline import make_trainer  # pipeline builds on this module
-    from nas_kd.train import evaluate
 
     trainer = make_trainer(arch, data, cfg, seed, augment_data, distiller, settings, teachers)
     state_file = resume_dir / "trainer.pt" if resume_dir is not None else None
@@ -144,37 +176,110 @@ def train_plain(
 
     trainer.fit(on_epoch)
     student = trainer.distiller.export_student()
-    return student, {
-        "val_accuracy": evaluate(student, data.val),
-        "test_accuracy": evaluate(student, data.test),
-        "epochs": cfg.epochs,
-    }
+    return student, {**accuracies(student, data), "epochs": cfg.epochs}
 
 
-def teacher_payload(study: Study, teacher: TeacherConfig) -> dict[str, Any]:
-    return {
+def teacher_genome(teacher: TeacherConfig, data: Dataset) -> dict[str, Any]:
+    """The genome that rebuilds ``teacher`` (``build_model``): nas-kd's own, or a wrapped network
+    (``arch/external.py``) when it comes from a library or the user's code, or sees its own view of the data."""
+    genome = teacher.genome()
+    inner: dict[str, Any] = genome["wrap"] if "wrap" in genome and teacher.model_dir is None else {"genome": genome}
+    view = teacher.input.model_dump() if teacher.input else {}
+    if "torchvision" in inner and data.input_shape[0] == 1 and not view.get("channels"):
+        view["channels"] = 3  # torchvision's networks take RGB: grey images are repeated to 3 channels
+    if view.get("mean") is not None:
+        view.update(data_mean=data.preprocessing()["mean"], data_std=data.preprocessing()["std"])
+    if "genome" in inner and not view and teacher.feature_nodes is None:
+        return inner["genome"]
+    return {"wrap": inner, "feature_nodes": teacher.feature_nodes, "view": view or None}
+
+
+def teacher_payload(study: Study, teacher: TeacherConfig, data: Dataset) -> dict[str, Any]:
+    """What determines a teacher (its cache key): for one given with weights, the weights' content."""
+    payload: dict[str, Any] = {
         "role": "teacher",
-        "data": data_identity(study),
+        "data": data_identity(study, data),
+        "arch": teacher_genome(teacher, data),
+    }
+    if teacher.pretrained:
+        weights = teacher.weights or str(Path(teacher.model_dir or "") / "model.safetensors")
+        return {**payload, "weights": file_digest(weights)}
+    return {
+        **payload,
         "augment": study.data.augment,
-        "arch": teacher.genome(),
         "train": study.teacher_train(teacher).identity(),
         "seed": study.teacher_seed(teacher),
     }
 
 
+def build_teacher(teacher: TeacherConfig, data: Dataset) -> nn.Module:
+    """The teacher's network, with its weights when it brings them (else as initialised); raises
+    ModelSourceError or WeightsError."""
+    genome = teacher_genome(teacher, data)
+    model = build_model(genome, data.input_shape, data.num_classes)
+    saved_as_is = teacher.model_dir is not None and genome == read_model_info(teacher.model_dir)["arch"]
+    inner = model.model if "wrap" in genome and not saved_as_is else model  # the weights of the network itself
+    weights = teacher.weights or (Path(teacher.model_dir) / "model.safetensors" if teacher.model_dir else None)
+    if weights is not None:
+        load_weights(inner, weights, data.num_classes)
+    return model.to(data.train.device).eval()
+
+
+def _teacher_field(study: Study, i: int) -> str:
+    return "teacher" if study.teacher is not None and i == 0 else f"teachers.{i - (study.teacher is not None)}"
+
+
+def check_teachers(study: Study, data: Dataset) -> list[nn.Module]:
+    """Build every teacher of the study and load its weights; a teacher that cannot be built, weights that do
+    not fit, feature nodes that do not exist or outputs that do not match the data's classes raise one
+    ``StudyError`` naming the field. Returns the built teachers (``nas-kd validate`` calls this)."""
+    built = []
+    for i, teacher in enumerate(study.all_teachers()):
+        field = _teacher_field(study, i)
+        source = next(k for k in teacher.SOURCES if getattr(teacher, k) is not None)
+        try:
+            model = build_teacher(teacher, data)
+            with torch.no_grad():
+                logits = model(data.val.batch(torch.arange(min(2, len(data.val)), device=data.train.device)))
+        except WeightsError as error:
+            raise StudyError(study.path or "<study>", f"{field}.weights", str(error)) from None
+        except ModelSourceError as error:
+            where = "feature_nodes" if "feature node" in str(error) else source
+            raise StudyError(study.path or "<study>", f"{field}.{where}", str(error)) from None
+        except RuntimeError as error:  # the network cannot take the data's images
+            first = str(error).strip().splitlines()[0]
+            raise StudyError(
+                study.path or "<study>",
+                f"{field}.{source}",
+                f"the model does not run on {list(data.input_shape)} images ({first}); set {field}.input",
+            ) from None
+        if logits.ndim != 2 or logits.shape[1] != data.num_classes:
+            raise StudyError(
+                study.path or "<study>",
+                f"{field}.{source}",
+                f"the teacher outputs {list(logits.shape[1:])} classes per image, the data has {data.num_classes}",
+            )
+        built.append(model)
+    return built
+
+
 def prepare_teachers(study: Study, data: Dataset, log: Callable[[str], None] = print) -> list[CachedModel]:
-    """Make every teacher of the study ready (trained once, then loaded from the cache)."""
+    """Make every teacher of the study ready: trained once (or, given with weights, evaluated once), then
+    loaded from the cache."""
+    check_teachers(study, data)
     ready = []
     for i, teacher in enumerate(study.all_teachers()):
-        payload = teacher_payload(study, teacher)
+        payload = teacher_payload(study, teacher, data)
         name = f"teacher{i}" if len(study.all_teachers()) > 1 else "teacher"
 
         root = cache_root(study.runs_dir)
         partial = root / f"{content_key(payload)}.partial"
 
-        def train_fn(teacher: TeacherConfig = teacher, resume_dir: Path = partial) -> tuple[nn.Module, dict[str, Any]]:
+        def train_fn(
+            teacher: TeacherConfig = teacher, arch: dict[str, Any] = payload["arch"], resume_dir: Path = partial
+        ) -> tuple[nn.Module, dict[str, Any]]:
             return train_plain(
-                teacher.genome(),
+                arch,
                 data,
                 study.teacher_train(teacher),
                 study.teacher_seed(teacher),
@@ -183,7 +288,13 @@ def prepare_teachers(study: Study, data: Dataset, log: Callable[[str], None] = p
                 resume_dir=resume_dir,
             )
 
-        ready.append(cached_model(root, payload, train_fn, data, name, log))
+        def evaluate_fn(teacher: TeacherConfig = teacher) -> tuple[nn.Module, dict[str, Any]]:
+            model = build_teacher(teacher, data)
+            weights = teacher.weights or teacher.model_dir
+            return model, {**accuracies(model, data), "epochs": 0, "pretrained": True, "weights": weights}
+
+        make, action = (evaluate_fn, "evaluating (not training)") if teacher.pretrained else (train_fn, "training")
+        ready.append(cached_model(root, payload, make, data, name, log, action))
     return ready
 
 

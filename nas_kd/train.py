@@ -61,7 +61,7 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1024) -> float:
     correct = 0
     with autocast(split.x.device):
         for index in batches(len(split), batch_size, None, split.x.device):
-            correct += (model(split.x[index]).argmax(1) == split.y[index]).sum().item()
+            correct += (model(split.batch(index)).argmax(1) == split.y[index]).sum().item()
     model.train(was_training)
     return correct / max(1, len(split))
 
@@ -100,7 +100,7 @@ class Trainer:
         for index in batches(
             len(train), self.cfg.batch_size, self.generator, self.device, limit=self.samples_per_epoch
         ):
-            x, y = train.x[index], train.y[index]
+            x, y = train.batch(index), train.y[index]
             if self.augment_data:
                 x = augment(x, spec.crop_padding, spec.flip, self.generator)
             with autocast(self.device):

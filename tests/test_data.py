@@ -18,13 +18,22 @@ def test_stratified_split_is_seeded_and_keeps_class_balance() -> None:
     assert not np.array_equal(held, stratified_split(y, 0.25, seed=4)[1])
 
 
-def test_digits_splits_are_disjoint_normalised_tensors(digits) -> None:
+def test_digits_splits_are_uint8_and_batches_are_normalised(digits) -> None:
     assert digits.train.x.shape[1:] == (1, 8, 8)
     assert len(digits.train) + len(digits.val) + len(digits.test) == 1797
-    assert abs(float(digits.train.x.mean())) < 1e-3 and abs(float(digits.train.x.std()) - 1) < 0.05
-    assert digits.train.x.dtype == torch.float32 and digits.train.y.dtype == torch.int64
+    assert digits.train.x.dtype == torch.uint8 and digits.train.y.dtype == torch.int64  # 4x less than float32
+    whole = digits.train.batch(torch.arange(len(digits.train)))
+    assert whole.dtype == torch.float32 and whole.shape == digits.train.x.shape
+    assert abs(float(whole.mean())) < 1e-3 and abs(float(whole.std()) - 1) < 0.05
+    # validation and test use the training statistics: not themselves exactly centred
+    assert torch.equal(digits.val.mean, digits.train.mean) and torch.equal(digits.test.std, digits.train.std)
     rows = {tuple(r) for r in digits.val.x.flatten(1).tolist()}
     assert len(rows) > 0.9 * len(digits.val)
+    pre = digits.preprocessing()
+    assert pre["input_shape"] == [1, 8, 8] and pre["class_names"] == [str(i) for i in range(10)]
+    raw = digits.train.x[:4].float() / 255
+    expected = (raw - torch.tensor(pre["mean"])[None, :, None, None]) / torch.tensor(pre["std"])[None, :, None, None]
+    assert torch.allclose(digits.train.batch(torch.arange(4)), expected, atol=1e-4)
 
 
 def test_augment_is_batched_seeded_and_shape_preserving() -> None:

@@ -74,7 +74,7 @@ def test_bundle_round_trip_through_plain_numpy(tmp_path: Path) -> None:
     data = study_data(study, torch.device("cpu"))
     cached = prepare_teachers(study, data, lambda _: None)[0]
     teacher = teacher_from_bundle(teacher_bundle(cached), "cpu")
-    x = data.val.x[:8]
+    x = data.val.batch(torch.arange(8))
     assert torch.allclose(teacher.model(x), cached.load("cpu")(x), atol=1e-5)
     assert not teacher.model.training
     assert not any(p.requires_grad for p in teacher.model.parameters())

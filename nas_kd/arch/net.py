@@ -33,6 +33,9 @@ def arch_summary(arch: Arch) -> str:
     """One-line human summary, e.g. ``resnet 16|16x2 32x2 64x1``."""
     if "torchvision" in arch:
         return f"torchvision {arch['torchvision']}"
+    if "wrap" in arch:
+        ((library, name),) = arch["wrap"].items()
+        return f"{library} {arch_summary(name) if library == 'genome' else name}"
     stages = " ".join(f"{s['channels']}x{s['depth']}" for s in arch["stages"])
     return f"{arch['family']} {arch.get('stem', '-')}|{stages}"
 
@@ -68,6 +71,14 @@ def build_model(arch: Arch, input_shape: tuple[int, int, int], num_classes: int)
         from nas_kd.arch.tv import build_torchvision
 
         return build_torchvision(arch, input_shape, num_classes)
+    if "wrap" in arch:  # a network nas-kd does not describe itself (see arch/external.py)
+        from nas_kd.arch.external import TeacherNet, build_network, view_shape
+
+        seen = view_shape(arch.get("view"), input_shape)
+        source = arch["wrap"]
+        inner = build_model(source["genome"], seen, num_classes) if "genome" in source else None
+        return TeacherNet(inner or build_network(source, seen, num_classes), input_shape, arch.get("feature_nodes"),
+                          arch.get("view"))  # fmt: skip
     family = arch["family"]
     if family not in STAGE_BUILDERS:
         raise ValueError(f"unknown family {family!r}; known: {sorted(STAGE_BUILDERS)}")

@@ -1,4 +1,5 @@
-"""torchvision classification models as teachers, adapted to small images (3x3 stem, no max-pool)."""
+"""torchvision classification models as teachers nas-kd trains: ResNets adapted to small images (3x3 stem, no
+max-pool); other families as torchvision builds them (``arch/external.py``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
+from nas_kd.arch.external import TeacherNet
 from nas_kd.arch.net import StudentNet
 
 
@@ -20,7 +22,8 @@ def build_torchvision(arch: dict[str, Any], input_shape: tuple[int, int, int], n
     except ValueError as error:
         raise ValueError(f"unknown torchvision model {name!r}") from error
     if not all(hasattr(model, a) for a in ("conv1", "bn1", "layer1", "layer4", "fc")):
-        raise ValueError(f"torchvision model {name!r} is not a ResNet; only ResNet-style teachers are adapted")
+        # Not a ResNet: trained as torchvision builds it (grey images repeated to its 3 input channels).
+        return TeacherNet(model, input_shape, None, {"channels": 3} if input_shape[0] != 3 else None)
     stem_width = model.conv1.out_channels
     stem = nn.Sequential(
         nn.Conv2d(input_shape[0], stem_width, 3, padding=1, bias=False), model.bn1, nn.ReLU(inplace=True)

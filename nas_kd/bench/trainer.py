@@ -47,7 +47,7 @@ def minimal_loop(study, data: Dataset, arch: dict, seed: int) -> Callable[[], fl
         start = time.perf_counter()
         for index in batches(len(data.train), cfg.batch_size, generator, data.train.x.device, limit=images):
             with autocast(data.train.x.device):
-                loss = F.cross_entropy(model(data.train.x[index]), data.train.y[index])
+                loss = F.cross_entropy(model(data.train.batch(index)), data.train.y[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

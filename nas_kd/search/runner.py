@@ -26,7 +26,7 @@ import yaml
 from ray import tune
 
 from nas_kd.arch import arch_summary
-from nas_kd.config import Study, load_study, study_from_dict
+from nas_kd.config import Study, StudyError, load_study, study_from_dict
 from nas_kd.distill import parse_distiller_space
 from nas_kd.pipeline import ready_teachers, study_data
 from nas_kd.plugins import import_plugins
@@ -222,6 +222,10 @@ def run_study(
     else:
         study = load_study(study_or_path, overrides)
     import_plugins(study.plugins)  # a no-op when load_study imported them; a Study built in Python may not have
+    if study.search.space is None:
+        raise StudyError(
+            study.path or "<study>", "search.space", "a search needs a space: a file, a list, or a mapping"
+        )
     check_study(study)  # anything that would fail after Ray started fails here, before anything is written
     if runs_dir is not None:  # teachers are cached under the same runs_dir as the run itself
         study = study.model_copy(update={"runs_dir": str(Path(runs_dir).resolve())})

@@ -40,7 +40,7 @@ from torch import nn
 
 from nas_kd.arch import build_model
 from nas_kd.config import Study, study_from_dict
-from nas_kd.data import Dataset, Split, load_dataset
+from nas_kd.data import Dataset, load_dataset
 from nas_kd.distill import DISTILLERS, DistillContext, Distiller, Teacher
 from nas_kd.distill.helpers import fresh_copy
 from nas_kd.helper_models import study_helper_trainer
@@ -156,7 +156,7 @@ class Environment:
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index = torch.arange(128)
-        return self.data.train.x[index], self.data.train.y[index], index
+        return self.data.train.batch(index), self.data.train.y[index], index
 
 
 def make_environment(root: Path) -> Environment:
@@ -164,7 +164,7 @@ def make_environment(root: Path) -> Environment:
     study = study_from_dict({**STUDY, "runs_dir": str(root)})
     d = study.data
     data = load_dataset(d.dataset, d.data_dir, d.val_fraction, d.split_seed)
-    data.train = Split(data.train.x[:TRAIN_ROWS], data.train.y[:TRAIN_ROWS])
+    data.train = data.train.subset(slice(0, TRAIN_ROWS))
     with one_thread():
         teachers = prepare_teachers(study, data, log=lambda message: None)
     return Environment(data, study, teachers, root / "helpers")
