@@ -69,6 +69,10 @@ class Dataset:
     train: Split
     val: Split
     test: Split
+    # Per-channel (mean, std) the pixels in [0, 1] were normalised with: attacks and image synthesis
+    # work in pixel units and keep to the valid pixel range through them.
+    pixel_mean: tuple[float, ...] = ()
+    pixel_std: tuple[float, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -79,7 +83,8 @@ class Dataset:
         return self.spec.input_shape
 
     def to(self, device: torch.device | str) -> Dataset:
-        return Dataset(self.spec, self.train.to(device), self.val.to(device), self.test.to(device))
+        splits = (self.train.to(device), self.val.to(device), self.test.to(device))
+        return Dataset(self.spec, *splits, self.pixel_mean, self.pixel_std)
 
 
 def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +121,12 @@ def load_dataset(
         return Split(torch.from_numpy((x - mean) / std).float(), torch.from_numpy(y).long())
 
     dataset = Dataset(
-        spec, split(train_x[kept], train_y[kept]), split(train_x[held], train_y[held]), split(test_x, test_y)
+        spec,
+        split(train_x[kept], train_y[kept]),
+        split(train_x[held], train_y[held]),
+        split(test_x, test_y),
+        tuple(float(m) for m in mean.ravel()),
+        tuple(float(s) for s in std.ravel()),
     )
     return dataset.to(device)
 

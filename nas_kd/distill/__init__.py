@@ -3,6 +3,9 @@
 # Importing registers them, in the order `nas-kd list distillers` shows.
 # isort: off
 from nas_kd.distill import ce, offline, online, self_distillation, assistant, multi_teacher  # noqa: F401
+from nas_kd.distill import adversarial  # noqa: F401
+from nas_kd.distill import data_free  # noqa: F401
+from nas_kd.distill import cross_view  # noqa: F401
 
 # isort: on
 from nas_kd.distill.base import DistillContext, Distiller, NoSettings, Outputs, Teacher
