@@ -48,6 +48,8 @@ EXTRA_SETTINGS: dict[str, list[tuple[dict[str, Any], tuple[str, ...]]]] = {
     "self": [({"born_again": True}, ("resnet",))],
     "assistant": [({"assistants": 2}, ("mobilenet",))],
     "multi_teacher": [({"combine": "confidence"}, ("cnn",)), ({"combine": "random"}, ("resnet",))],
+    "adversarial": [({"teacher_weight": 0, "adversarial_weight": 1}, ("cnn",))],
+    "cross_view": [({"student_view": "resize:4x4", "teacher_view": "center_crop:0.5"}, ("resnet",))],
 }
 
 # Tiny students with different stage counts than the teacher (2 or 3 stages against 4).
