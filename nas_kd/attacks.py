@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas_kd.config import RobustConfig
 from nas_kd.data import Dataset, Split
 
 # loss(logits, target) -> per-batch scalar the attack increases
@@ -48,6 +48,14 @@ class PixelSpace:
 
     def clamp(self, x: torch.Tensor) -> torch.Tensor:
         return torch.maximum(torch.minimum(x, self.high), self.low)
+
+
+class AttackSettings(Protocol):
+    """What a study's ``search.robust`` block gives (``nas_kd.config.RobustConfig``)."""
+
+    epsilon: float
+    steps: int
+    step_size: float | None
 
 
 @dataclass(frozen=True)
@@ -123,7 +131,7 @@ def robust_accuracy(
     return correct / max(1, len(split))
 
 
-def robust_metrics(model: nn.Module, data: Dataset, robust: RobustConfig | None) -> dict[str, float]:
+def robust_metrics(model: nn.Module, data: Dataset, robust: AttackSettings | None) -> dict[str, float]:
     """``{"robust_accuracy": ...}`` on the validation split under the study's ``search.robust`` attack;
     empty when the study sets none. What a trial reports each epoch beside val_accuracy."""
     if robust is None:
