@@ -52,6 +52,10 @@ EXTRA_SETTINGS: dict[str, list[tuple[dict[str, Any], tuple[str, ...]]]] = {
     "cross_view": [({"student_view": "resize:4x4", "teacher_view": "center_crop:0.5"}, ("resnet",))],
 }
 
+# Settings that replace the defaults in the suite, for distillers whose defaults cost minutes once per
+# session (data_free synthesises its images from the teacher; a few steps exercise the same code).
+SUITE_DEFAULTS: dict[str, dict[str, Any]] = {"data_free": {"images": 128, "iterations": 10}}
+
 # Tiny students with different stage counts than the teacher (2 or 3 stages against 4).
 STUDENTS = {
     "cnn": {"family": "cnn", "stem": 8, "stages": [{"channels": 8, "depth": 1}, {"channels": 16, "depth": 1}]},
@@ -91,7 +95,7 @@ def cases() -> list[Any]:
     family, then its extra settings."""
     out = []
     for name in DISTILLERS:
-        for settings, families in [({}, FAMILIES), *EXTRA_SETTINGS.get(name, [])]:
+        for settings, families in [(SUITE_DEFAULTS.get(name, {}), FAMILIES), *EXTRA_SETTINGS.get(name, [])]:
             label = ",".join(f"{k}={v}" for k, v in settings.items())
             for family in families:
                 out.append(

@@ -12,7 +12,7 @@ from nas_kd.distill import DistillContext, Teacher, make_distiller
 from nas_kd.testing.pytest_distillers import STUDENTS, Environment
 from nas_kd.train import Trainer, evaluate
 
-QUICK = {"images": 256, "iterations": 60}
+QUICK = {"images": 64, "iterations": 5}
 
 
 def context(env: Environment, teachers: list[Teacher], data=None) -> DistillContext:
