@@ -18,6 +18,7 @@ import torch
 
 from nas_kd.attacks import Attack, PixelSpace, robust_accuracy
 from nas_kd.config import load_study
+from nas_kd.distill.data_free import DataFreeSettings, synthesise
 from nas_kd.pipeline import ready_teachers, study_data, train_student
 
 
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--runs-dir", default="/tmp/nas-kd-bench-kinds")
     parser.add_argument("--arms", help="comma-separated arm numbers (0-based) to run")
     parser.add_argument("--out")
+    parser.add_argument("--time-synthesis", action="store_true", help="only time data_free's synthesis (uncached)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     study = load_study(args.study, {"train.epochs": args.epochs, "runs_dir": args.runs_dir})
@@ -54,6 +56,9 @@ def main() -> None:
     arch = study.student.genome() if study.student else None
     assert arch is not None, "the study needs a student"
     attack, space = Attack(args.epsilon, args.test_steps), PixelSpace.of(data)
+    if args.time_synthesis:
+        time_synthesis(teachers[0].model, data.num_classes, data.input_shape, space)
+        return
     chosen = arms(args.epsilon, args.steps)
     if args.arms:
         chosen = [chosen[int(i)] for i in args.arms.split(",")]
@@ -79,6 +84,15 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as handle:
             handle.write(table + "\n")
+
+
+def time_synthesis(teacher: torch.nn.Module, classes: int, shape: tuple[int, int, int], space: PixelSpace) -> None:
+    """The one-off cost of the benchmark's data_free arm (512 images x 100 iterations), not read from the cache."""
+    settings = DataFreeSettings(images=512, iterations=100, synthesis_seed=7)
+    labels = torch.arange(settings.images) % classes
+    wall, cpu = time.perf_counter(), time.process_time()
+    synthesise(teacher, labels, shape, space, settings)
+    print(f"synthesis 512 x 100: wall {time.perf_counter() - wall:.1f} s, cpu {time.process_time() - cpu:.1f} s")
 
 
 def mean_std(values: list[float]) -> str:
