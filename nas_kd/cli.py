@@ -30,13 +30,21 @@ def _overrides(values: list[str] | None) -> dict[str, Any]:
 
 
 def _study(args: argparse.Namespace):
-    """The study file, validated and proven able to start (``nas_kd.preflight``)."""
     from nas_kd.config import load_study
+
+    return load_study(args.study, _overrides(getattr(args, "set", None)))
+
+
+def _proven_data(study: Any, device: Any = None):
+    """The study's data on ``device``, once the study is proven able to start (``nas_kd.preflight``)."""
+    from nas_kd.pipeline import resolve_device, study_data
     from nas_kd.preflight import check_study
 
-    study = load_study(args.study, _overrides(getattr(args, "set", None)))
-    check_study(study)
-    return study
+    data = study_data(study, resolve_device(device))
+    check_study(study, data)
+    for note in data.notes:
+        print(f"note: {note}")
+    return data
 
 
 def _read_arch(path: str) -> dict[str, Any]:
@@ -53,6 +61,7 @@ def _read_arch(path: str) -> dict[str, Any]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     study = _study(args)
+    _proven_data(study, "cpu")
     from nas_kd.distill import parse_distiller_space
 
     distillers = ", ".join(parse_distiller_space(study.distiller).names)
@@ -65,12 +74,12 @@ def _accuracy(value: float | None) -> str:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
-    from nas_kd.pipeline import ready_teachers, resolve_device, study_data
+    from nas_kd.pipeline import ready_teachers
 
     study = _study(args)
     if not study.all_teachers():
         raise UsageError(f"{args.study}: teacher: the study has no teacher")
-    data = study_data(study, resolve_device(args.device))
+    data = _proven_data(study, args.device)
     for cached in ready_teachers(study, data):
         info = cached.info
         print(
@@ -85,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from nas_kd.checkpoint import save_model_dir
     from nas_kd.distill import parse_distiller_space
-    from nas_kd.pipeline import ready_teachers, resolve_device, study_data, train_student
+    from nas_kd.pipeline import ready_teachers, resolve_device, train_student
 
     study = _study(args)
     if args.arch:
@@ -105,9 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         rng = np.random.default_rng(0)
         settings = {k: p.sample(rng) for k, p in choice.settings.items()}
     device = resolve_device(args.device)
-    data = study_data(study, device)
-    for note in data.notes:
-        print(f"note: {note}")
+    data = _proven_data(study, device)
     teachers = [c.as_teacher(device) for c in ready_teachers(study, data)]
     for t in teachers:
         print(f"{t.name}: {t.params:,} params, val_accuracy {t.val_accuracy:.4f}")

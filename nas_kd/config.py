@@ -17,6 +17,8 @@ from nas_kd.data import DATASETS, USER_SOURCES
 from nas_kd.plugins import PluginError, import_plugins, resolve_plugins
 
 OBJECTIVES = ("params", "flops", "model_bytes", "latency_ms")
+# Measured by training, maximised like val_accuracy: robust_accuracy needs the search.robust block.
+ACCURACY_OBJECTIVES = ("robust_accuracy",)
 
 
 class StudyError(ValueError):
@@ -191,6 +193,14 @@ class SchedulerConfig(Strict):
     reduction_factor: int = Field(3, ge=2)
 
 
+class RobustConfig(Strict):
+    """The attack robust_accuracy is measured under: PGD on the validation split, in pixel units."""
+
+    epsilon: float = Field(gt=0, le=1)
+    steps: int = Field(10, ge=1)
+    step_size: float | None = Field(None, gt=0, le=1)  # default 2.5 * epsilon / steps
+
+
 class SearchConfig(Strict):
     # A file, an inline mapping, or a list of either (one per family); run directories hold the inlined form.
     space: str | dict[str, Any] | list[str | dict[str, Any]] | None = None  # required by `nas-kd search`
@@ -202,9 +212,7 @@ class SearchConfig(Strict):
     constraints: dict[Literal["max_params", "max_flops", "max_model_bytes", "max_latency_ms"], PositiveFloat] = Field(
         default_factory=dict
     )
-    # A trial checkpoints at most this often (and always at scheduler rungs and at its last epoch), so short
-    # epochs do not pay for a checkpoint each; a killed driver loses at most this much of a trial's work.
-    checkpoint_seconds: float = Field(30.0, ge=0)
+    robust: RobustConfig | None = None
 
     @field_validator("objectives")
     @classmethod
@@ -212,9 +220,16 @@ class SearchConfig(Strict):
         if not value or value[0] != "val_accuracy":
             raise ValueError("the first objective must be val_accuracy")
         rest = value[1:]
-        if not 1 <= len(rest) <= 2 or any(v not in OBJECTIVES for v in rest) or len(set(rest)) != len(rest):
-            raise ValueError(f"after val_accuracy give one or two distinct of {', '.join(OBJECTIVES)}")
+        known = OBJECTIVES + ACCURACY_OBJECTIVES
+        if not 1 <= len(rest) <= 2 or any(v not in known for v in rest) or len(set(rest)) != len(rest):
+            raise ValueError(f"after val_accuracy give one or two distinct of {', '.join(known)}")
         return value
+
+    @model_validator(mode="after")
+    def _robust(self) -> SearchConfig:
+        if "robust_accuracy" in self.objectives and self.robust is None:
+            raise ValueError("the robust_accuracy objective needs search.robust: {epsilon: ..., steps: ...}")
+        return self
 
 
 class ResourcesConfig(Strict):

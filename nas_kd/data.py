@@ -124,6 +124,15 @@ class Dataset:
         return self.spec.input_shape
 
     @property
+    def pixel_mean(self) -> tuple[float, ...]:
+        """Per-channel mean the pixels in [0, 1] are normalised with (attacks and synthesis work in pixels)."""
+        return tuple(float(m) for m in self.train.mean)
+
+    @property
+    def pixel_std(self) -> tuple[float, ...]:
+        return tuple(float(s) for s in self.train.std)
+
+    @property
     def has_test(self) -> bool:
         return len(self.test) > 0
 

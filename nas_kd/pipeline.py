@@ -19,7 +19,7 @@ from nas_kd.config import Study, StudyError, TrainConfig
 from nas_kd.data import DataError, Dataset, load_dataset
 from nas_kd.distill import DistillContext, HelperTrainer, Teacher, make_distiller, parse_distiller_space
 from nas_kd.helper_models import study_helper_trainer
-from nas_kd.teachers import CachedModel, prepare_teachers
+from nas_kd.teachers import CachedModel, cache_root, prepare_teachers
 from nas_kd.train import EpochResult, Trainer, evaluate
 
 
@@ -79,6 +79,7 @@ def make_trainer(
     settings: dict[str, Any] | None = None,
     teachers: list[Teacher] | None = None,
     train_helper: HelperTrainer | None = None,
+    cache_dir: Path | None = None,
 ) -> Trainer:
     """A fresh student of ``arch`` wrapped in ``distiller``, ready to train: students, teachers and
     assistants are all built here."""
@@ -88,7 +89,7 @@ def make_trainer(
     if device.type == "cuda":
         student = student.to(memory_format=torch.channels_last)
     context = DistillContext(
-        data, teachers or [], device, seed, augment, cfg.label_smoothing, student_arch=arch, train_helper=train_helper
+        data, teachers or [], device, seed, augment, cfg.label_smoothing, arch, train_helper, cache_dir
     )
     return Trainer(make_distiller(distiller, settings or {}, student, context), data, cfg, seed, augment)
 
@@ -105,7 +106,7 @@ def build_trainer(
     """``make_trainer`` with the study's recipe, augmentation and cache."""
     return make_trainer(
         arch, data, study.train, seed, study.data.augment, distiller, settings, teachers,
-        study_helper_trainer(study, data),
+        study_helper_trainer(study, data), cache_root(study.runs_dir),
     )  # fmt: skip
 
 

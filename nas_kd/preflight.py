@@ -1,7 +1,8 @@
 """Proves a study can start, before anything is written or any Ray process runs.
 
-``check_study`` goes beyond the schema (``nas_kd.config``): it builds every fixed architecture of the study on
-the meta device (no memory, no weights), samples the search space to show it can produce a student within the
+``check_study`` goes beyond the schema (``nas_kd.config``): given the study's data (loading it is part of the
+proof), it builds every fixed architecture of the study on the meta device (no memory, no weights) and every
+teacher brought with weights (weights loaded, outputs matched to the data's classes), samples the search space to show it can produce a student within the
 constraints, and checks that the distillers have the teachers they need. Everything that would otherwise fail
 after Ray started fails here, as one ``StudyError`` line naming the file and the field.
 """
@@ -14,19 +15,14 @@ import numpy as np
 import torch
 
 from nas_kd.arch import build_model, count_params, model_bytes
-from nas_kd.config import Study, StudyError
-from nas_kd.data import DATASETS
+from nas_kd.config import Study, StudyError, TeacherConfig
+from nas_kd.data import Dataset
 from nas_kd.distill import parse_distiller_space
 from nas_kd.space import load_space
+from nas_kd.teachers import check_teachers
 
 SPACE_SAMPLES = 32  # students drawn to show that the space can satisfy the constraints
 META_COSTS = {"params": count_params, "model_bytes": model_bytes}  # computable without weights
-
-
-def data_shape(study: Study) -> tuple[tuple[int, int, int], int]:
-    """(input shape, classes) of the study's data, known without loading it."""
-    spec = DATASETS[study.data.dataset]
-    return spec.input_shape, spec.num_classes
 
 
 def build_on_meta(
@@ -46,20 +42,24 @@ def build_on_meta(
     return model
 
 
-def check_study(study: Study) -> None:
-    """Raise StudyError for anything that would stop ``study`` after its run started."""
+def check_study(study: Study, data: Dataset) -> None:
+    """Raise StudyError for anything that would stop ``study`` after its run started. ``data`` is the study's
+    data, loaded (``pipeline.study_data``): that it loads at all is part of the proof."""
     source = study.path or "<study>"
-    input_shape, classes = data_shape(study)
+    input_shape, classes = data.input_shape, data.num_classes
     fixed = [("teacher", study.teacher)] if study.teacher is not None else []
     fixed += [(f"teachers.{i}", t) for i, t in enumerate(study.teachers)]
     if study.student is not None:
         fixed.append(("student", study.student))
     for field, model_source in fixed:
+        if isinstance(model_source, TeacherConfig) and model_source.genome().keys() & {"wrap", "torchvision"}:
+            continue  # a library's or the user's network: check_teachers builds it with its weights
         try:
             build_on_meta(model_source.genome(), input_shape, classes)
         except ValueError as error:
             key = "torchvision" if model_source.torchvision else "arch_file" if model_source.arch_file else "arch"
             raise StudyError(source, f"{field}.{key}", str(error)) from None
+    check_teachers(study, data)  # every teacher built for real: weights loaded, outputs matched to the classes
     if parse_distiller_space(study.distiller).needs_teacher and not study.all_teachers():
         raise StudyError(source, "teacher", "the distiller needs a teacher; add a teacher block")
     if study.search.space is not None:

@@ -41,7 +41,8 @@ from typing import Any
 import pandas as pd
 
 TRIAL_COLUMNS = [
-    "trial_id", "number", "status", "epochs", "max_epochs", "val_accuracy", "test_accuracy", "params", "flops",
+    "trial_id", "number", "status", "epochs", "max_epochs", "val_accuracy", "test_accuracy", "robust_accuracy",
+    "params", "flops",
     "model_bytes", "latency_ms", "distiller", "family", "arch", "arch_summary", "pareto", "error", "seconds",
     "student_path",
 ]  # fmt: skip

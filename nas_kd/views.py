@@ -107,3 +107,26 @@ def parse_view(raw: Any) -> View:
             raise ValueError(f"unknown view step {name!r}; known: {', '.join(sorted(VIEW_STEPS))}")
         steps.append((name, argument))
     return View(tuple(steps))
+
+
+def parse_view_text(text: str) -> View:
+    """A view from its one-line form, for flat settings: steps joined by commas, each ``name`` or
+    ``name:argument``, a size as ``HxW`` (``"resize:4x4,channels:3"``); the empty string is the identity."""
+    steps: list[Any] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, argument = item.partition(":")
+        steps.append({name.strip(): _argument(argument.strip())} if sep else name.strip())
+    return parse_view(steps)
+
+
+def _argument(text: str) -> Any:
+    if "x" in text:
+        return [int(side) for side in text.split("x")]
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    raise ValueError(f"cannot read view argument {text!r} (a number, HxW, true or false)")

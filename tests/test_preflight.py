@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from nas_kd.config import StudyError, load_study
+from nas_kd.pipeline import check_data
 from nas_kd.preflight import check_study
 from tests.test_config import ROOT, write
 
@@ -29,7 +30,7 @@ CASES = [
 def test_a_study_that_cannot_start_fails_validation(tmp_path: Path, patch: dict, field: str, message: str) -> None:
     study = load_study(write(tmp_path, patch))  # the schema accepts it ...
     with pytest.raises(StudyError) as info:
-        check_study(study)  # ... the preflight does not
+        check_study(study, check_data(study))  # ... the preflight does not
     assert (info.value.field, str(tmp_path / "study.yaml")) == (field, info.value.file)
     assert message in info.value.message
 

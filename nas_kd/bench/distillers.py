@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         if args.from_runs
         else measure(args)
     )
-    accuracies = {column: runs[column].map("{:.4f}".format) for column in ("val_accuracy", "test_accuracy")}
+    accuracies = {column: runs[column].map(_four_places) for column in ("val_accuracy", "test_accuracy")}
     listed = runs.assign(**accuracies).drop(columns=list(SETUP_COLUMNS))
     publish(describe(runs), summarise(runs), runs, listed, args.out, merge=bool(args.from_runs))
     return 0
@@ -121,7 +121,7 @@ def measure(args: argparse.Namespace) -> pd.DataFrame:
             }
             rows.append(row)
             print(
-                f"  {arm.name:<17} seed {seed}: val {result.val_accuracy:.4f} test {result.test_accuracy:.4f} "
+                f"  {arm.name:<17} seed {seed}: val {result.val_accuracy:.4f} test {_four_places(result.test_accuracy)} "
                 f"({train_seconds:.1f}s)"
             )
             if csv_out:
@@ -195,3 +195,8 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def _four_places(value: float | None) -> str:
+    """An accuracy to 4 places; n/a for data without a test split."""
+    return "n/a" if value is None or value != value else f"{value:.4f}"

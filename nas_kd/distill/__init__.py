@@ -4,6 +4,9 @@ terms they combine are plugins too (``nas_kd.distill.terms``, ``TERMS``)."""
 # Importing registers them, in the order `nas-kd list distillers` shows.
 # isort: off
 from nas_kd.distill import ce, offline, online, self_distillation, assistant, multi_teacher  # noqa: F401
+from nas_kd.distill import adversarial  # noqa: F401
+from nas_kd.distill import data_free  # noqa: F401
+from nas_kd.distill import cross_view  # noqa: F401
 
 # isort: on
 from nas_kd.distill.base import DistillContext, Distiller, HelperTrainer, NoSettings, Outputs, Teacher

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -89,6 +90,7 @@ class DistillContext:
     label_smoothing: float = 0.0  # of every cross-entropy on the labels
     student_arch: dict[str, Any] | None = None  # the student's genome (assistants and born-again copies derive from it)
     train_helper: HelperTrainer | None = None  # trains assistants and born-again copies (see HelperTrainer)
+    cache_dir: Path | None = None  # where a distiller keeps what it makes once per study (e.g. synthetic images)
 
 
 class Distiller(nn.Module):

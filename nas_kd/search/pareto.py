@@ -29,6 +29,7 @@ import moocore
 import numpy as np
 
 ACCURACY = "val_accuracy"
+ACCURACIES = frozenset({ACCURACY, "robust_accuracy"})  # maximised, in [0, 1]: the "error" scale
 REFERENCE = 1.0
 SIZE_DECADES = 4
 # Upper bounds when the study has no teacher: above a ResNet-50 (25.6M params, 8.2 GFLOPs at 224 px, 102 MB).
@@ -40,7 +41,7 @@ Bounds = dict[str, tuple[float, float]]
 
 def directions(objectives: Sequence[str]) -> list[str]:
     """Optuna directions: accuracy is maximised, every size objective minimised."""
-    return ["maximize" if name == ACCURACY else "minimize" for name in objectives]
+    return ["maximize" if name in ACCURACIES else "minimize" for name in objectives]
 
 
 def modes(objectives: Sequence[str]) -> list[str]:
@@ -112,7 +113,7 @@ def log_points(values: np.ndarray, objectives: Sequence[str]) -> np.ndarray:
     sizes by ratio, not by difference)."""
     points = np.asarray(values, dtype=float).reshape(-1, len(objectives)).copy()
     for j, name in enumerate(objectives):
-        points[:, j] = 1.0 - points[:, j] if name == ACCURACY else np.log10(np.maximum(points[:, j], 1e-12))
+        points[:, j] = 1.0 - points[:, j] if name in ACCURACIES else np.log10(np.maximum(points[:, j], 1e-12))
     return points
 
 
@@ -120,7 +121,7 @@ def study_bounds(objectives: Sequence[str], teacher_cost: Mapping[str, Any] | No
     """Fixed raw-unit bounds ``{objective: (lo, hi)}`` of a study (see the module docstring)."""
     bounds: Bounds = {}
     for name in objectives:
-        if name == ACCURACY:
+        if name in ACCURACIES:
             bounds[name] = (0.0, 1.0)
             continue
         upper = _teacher_value(name, teacher_cost or {}) or DEFAULT_SIZE_UPPER[name]
@@ -143,7 +144,7 @@ def normalise(values: np.ndarray, objectives: Sequence[str], bounds: Mapping[str
     columns = []
     for j, name in enumerate(objectives):
         lo, hi = bounds[name]
-        if name == ACCURACY:
+        if name in ACCURACIES:
             columns.append((hi - values[:, j]) / (hi - lo))
         else:
             logs = np.log10(np.maximum(values[:, j], lo))
@@ -203,5 +204,5 @@ class StudyHypervolume:
         return {
             "normalised": [REFERENCE] * len(self.objectives),
             "bounds": {name: list(self.bounds[name]) for name in self.objectives},
-            "scale": {name: "error" if name == ACCURACY else "log10" for name in self.objectives},
+            "scale": {name: "error" if name in ACCURACIES else "log10" for name in self.objectives},
         }

@@ -25,12 +25,13 @@ import torch
 import yaml
 from ray import tune
 
-from nas_kd.arch import arch_summary
+from nas_kd.arch import arch_summary, measure_latency_ms
 from nas_kd.config import Study, StudyError, load_study, study_from_dict
+from nas_kd.data import Dataset
 from nas_kd.distill import parse_distiller_space
 from nas_kd.pipeline import ready_teachers, study_data
 from nas_kd.plugins import import_plugins
-from nas_kd.preflight import check_study, data_shape
+from nas_kd.preflight import check_study
 from nas_kd.report import write_report
 from nas_kd.results import read_json, read_trials, write_json
 from nas_kd.search.bookkeeping import RunDirectory
@@ -38,7 +39,7 @@ from nas_kd.search.candidates import SizeCheck
 from nas_kd.search.metrics import StudyMetricsCallback
 from nas_kd.search.optuna_search import UNTRAINED, PruningAwareOptunaSearch
 from nas_kd.search.pareto import StudyHypervolume, directions, modes
-from nas_kd.search.progress import make_progress
+from nas_kd.search.progress import accuracy_text, make_progress, size_text
 from nas_kd.search.resume import ReconcileRestored
 from nas_kd.search.schedulers import make_scheduler
 from nas_kd.search.trainable import train_trial
@@ -99,7 +100,7 @@ def optuna_storage_url(run_dir: Path) -> str:
     return f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
 
 
-def make_searcher(study: Study, run_dir: Path, study_name: str) -> Any:
+def make_searcher(study: Study, run_dir: Path, study_name: str, data: Dataset) -> Any:
     resolved = study.resolved()
     objectives = study.search.objectives
     return PruningAwareOptunaSearch(
@@ -111,7 +112,7 @@ def make_searcher(study: Study, run_dir: Path, study_name: str) -> Any:
         storage=optuna.storages.RDBStorage(optuna_storage_url(run_dir)),
         max_epochs=study.train.epochs,
         constraints={k.removeprefix("max_"): v for k, v in study.search.constraints.items()},
-        size_check=SizeCheck(study.search.constraints, *data_shape(study)),
+        size_check=SizeCheck(study.search.constraints, data.input_shape, data.num_classes),
     )
 
 
@@ -140,8 +141,8 @@ def run_dir_of(study: Study) -> Path:
     return Path(study.runs_dir).resolve() / study.name
 
 
-def _prepare_run_dir(study: Study, run_dir: Path, resume: bool, fresh: bool) -> dict[str, Any]:
-    """Refuse to clobber an existing run; create a new one; or read the one we resume."""
+def _existing_run(study: Study, run_dir: Path, resume: bool, fresh: bool) -> dict[str, Any] | None:
+    """The run to resume (its run.json), or None for a new run; refuses to clobber an existing run. Writes nothing."""
     exists = (run_dir / "run.json").exists()
     source = study.path or "<study>"
     if resume:
@@ -155,9 +156,14 @@ def _prepare_run_dir(study: Study, run_dir: Path, resume: bool, fresh: bool) -> 
             f"{source}: run directory {run_dir} already exists; continue it with --resume, "
             "or start over with --fresh (deletes it)"
         )
-    if exists and fresh:
+    return None
+
+
+def _new_run_dir(study: Study, run_dir: Path, data: Dataset) -> dict[str, Any]:
+    """Create the run directory (replacing one that ``--fresh`` was asked to replace) and its run.json."""
+    if run_dir.exists():
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True)
     (run_dir / "study.yaml").write_text(yaml.safe_dump(study.resolved(), sort_keys=False))
     run = {
         # A unique Optuna study name per run: re-using a name silently appends to an old study.
@@ -170,15 +176,18 @@ def _prepare_run_dir(study: Study, run_dir: Path, resume: bool, fresh: bool) -> 
         "trials_requested": study.search.trials,
         "scheduler": study.search.scheduler.name,
         "wall_seconds": 0.0,
+        "data_notes": data.notes,  # e.g. that the data has no test split (test accuracy is then n/a)
     }
     write_json(run_dir / "run.json", run)
     return run
 
 
 def _teachers_json(cached: list[Any], run_dir: Path) -> None:
-    write_json(
-        run_dir / "teachers.json",
-        [
+    """teachers.json: each teacher's cost and accuracy, measured like a student's (latency_ms included)."""
+    teachers = []
+    for c in cached:
+        model = c.load("cpu")
+        teachers.append(
             {
                 "name": c.info.get("name", c.key),
                 "role": "teacher",
@@ -187,13 +196,15 @@ def _teachers_json(cached: list[Any], run_dir: Path) -> None:
                 "arch_summary": arch_summary(c.info["arch"]),
                 "params": c.info["params"],
                 "flops": c.info["flops"],
+                "latency_ms": measure_latency_ms(model, tuple(c.info["input_shape"])),
                 "val_accuracy": c.info.get("val_accuracy"),
                 "test_accuracy": c.info.get("test_accuracy"),
+                "pretrained": bool(c.info.get("pretrained")),  # given with weights: evaluated, never trained
+                "weights": c.info.get("weights"),
                 "path": str(c.path),
             }
-            for c in cached
-        ],
-    )
+        )
+    write_json(run_dir / "teachers.json", teachers)
 
 
 def run_study(
@@ -226,19 +237,24 @@ def run_study(
         raise StudyError(
             study.path or "<study>", "search.space", "a search needs a space: a file, a list, or a mapping"
         )
-    check_study(study)  # anything that would fail after Ray started fails here, before anything is written
     if runs_dir is not None:  # teachers are cached under the same runs_dir as the run itself
         study = study.model_copy(update={"runs_dir": str(Path(runs_dir).resolve())})
     run_dir = run_dir_of(study)
-    run = _prepare_run_dir(study, run_dir, resume, fresh)
-    if resume:  # continue exactly the study that was started (overrides and files as they were then)
+    run = _existing_run(study, run_dir, resume, fresh)
+    if run is not None:  # continue exactly the study that was started (overrides and files as they were then)
         source = study.path
         study = study_from_dict(yaml.safe_load((run_dir / "study.yaml").read_text()), run_dir / "study.yaml")
         study.path = source
+    # Everything that would fail once Ray runs fails here, before anything is written.
+    data = study_data(study, torch.device("cpu"), log)
+    check_study(study, data)
+    for note in data.notes:
+        log(f"note: {note}")
+    if run is None:
+        run = _new_run_dir(study, run_dir, data)
     started_ray = not ray.is_initialized()
     try:
         start_ray(address, cpus, dashboard, dashboard_host, log)
-        data = study_data(study, torch.device("cpu"))
         cached = ready_teachers(study, data, log)
         _teachers_json(cached, run_dir)
         trainable = tune.with_parameters(
@@ -274,7 +290,7 @@ def run_study(
                 tuner = tune.Tuner(
                     trainable,
                     tune_config=tune.TuneConfig(
-                        search_alg=make_searcher(study, run_dir, run["study_name"]),
+                        search_alg=make_searcher(study, run_dir, run["study_name"], data),
                         scheduler=scheduler,
                         num_samples=study.search.trials,
                         max_concurrent_trials=study.search.max_concurrent,
@@ -371,9 +387,10 @@ def _finish(study: Study, run_dir: Path, report: bool, log: Any) -> SearchResult
     log(f"Pareto set ({len(pareto)} students):")
     for member in pareto:
         m = member["metrics"]
+        sizes = "  ".join(size_text(name, m.get(name)) for name in study.search.objectives[1:])
         log(
-            f"  {member['trial_id']}  val {m.get('val_accuracy', 0):.4f}  test {m.get('test_accuracy', 0):.4f}  "
-            f"params {int(m.get('params', 0)):>9,}  {member['distiller']:<13} {member['arch_summary']}"
+            f"  {member['trial_id']}  val {accuracy_text(m.get('val_accuracy'))}  "
+            f"test {accuracy_text(m.get('test_accuracy'))}  {sizes}  {member['distiller']:<13} {member['arch_summary']}"
         )
     if run["state"] == "interrupted":
         log(f"resume with: nas-kd search {study.path} --resume --runs-dir {run_dir.parent}")

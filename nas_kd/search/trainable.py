@@ -8,6 +8,7 @@ much work, while short epochs do not pay for a checkpoint each.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -19,6 +20,7 @@ import torch
 from ray import tune
 
 from nas_kd.arch import build_model, measure
+from nas_kd.attacks import robust_metrics
 from nas_kd.checkpoint import save_model_dir
 from nas_kd.config import Study
 from nas_kd.data import Dataset
@@ -76,8 +78,8 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], teachers: list[di
     device = trial_device(study_obj.resources.gpu)
     d = study_obj.data
     data: Dataset = _cached(
-        ("data", d.dataset, d.data_dir, d.val_fraction, d.split_seed, str(device)),
-        lambda: study_data(study_obj, device),
+        ("data", json.dumps(d.identity(), sort_keys=True), d.data_dir, str(study_obj.runs_dir), str(device)),
+        lambda: study_data(study_obj, device, log=lambda _: None),
     )
     teacher_objs = [
         _cached(("teacher", b["info"]["key"], str(device)), lambda b=b: teacher_from_bundle(b, device))
@@ -118,6 +120,8 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], teachers: list[di
             **{f"loss/{k}": v for k, v in result.losses.items()},
             **cost,
         }
+        if result.epoch in must_checkpoint:  # PGD on the validation split is costly: where objectives are read
+            metrics.update(robust_metrics(trainer.distiller.export_student(), data, study_obj.search.robust))
         due = time.monotonic() - last_checkpoint >= study_obj.search.checkpoint_seconds
         if not due and result.epoch not in must_checkpoint:
             tune.report(metrics)
@@ -127,11 +131,12 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], teachers: list[di
             if result.epoch == max_epochs:
                 student = trainer.distiller.export_student()
                 # Test accuracy is for reporting only; the search never reads it.
-                metrics["test_accuracy"] = evaluate(student, data.test)
+                if data.has_test:
+                    metrics["test_accuracy"] = evaluate(student, data.test)
                 save_model_dir(
                     Path(folder) / STUDENT_DIR, student, arch, data.input_shape, data.num_classes,
                     {"distiller": distiller, "settings": settings, "val_accuracy": result.val_accuracy,
-                     "test_accuracy": metrics["test_accuracy"]},
+                     "test_accuracy": metrics.get("test_accuracy"), **data.preprocessing()},
                 )  # fmt: skip
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
         last_checkpoint = time.monotonic()

@@ -66,7 +66,13 @@ EXTRA_SETTINGS: dict[str, list[tuple[dict[str, Any], tuple[str, ...]]]] = {
     "self": [({"born_again": True}, ("resnet",))],
     "assistant": [({"assistants": 2}, ("mobilenet",))],
     "multi_teacher": [({"combine": "confidence"}, ("cnn",)), ({"combine": "random"}, ("resnet",))],
+    "adversarial": [({"teacher_weight": 0, "adversarial_weight": 1}, ("cnn",))],
+    "cross_view": [({"student_view": "resize:4x4", "teacher_view": "center_crop:0.5"}, ("resnet",))],
 }
+
+# Settings that replace the defaults in the suite, for distillers whose defaults cost minutes once per
+# session (data_free synthesises its images from the teacher; a few steps exercise the same code).
+SUITE_DEFAULTS: dict[str, dict[str, Any]] = {"data_free": {"images": 128, "iterations": 10}}
 
 # Tiny students with different stage counts than the teacher (2 or 3 stages against 4).
 STUDENTS = {
@@ -112,7 +118,7 @@ def cases(
     extra = EXTRA_SETTINGS if extra is None else extra
     for distiller in list(DISTILLERS) if distillers is None else distillers:
         name = distiller if isinstance(distiller, str) else distiller.name
-        for settings, families in [({}, FAMILIES), *extra.get(name, [])]:
+        for settings, families in [(SUITE_DEFAULTS.get(name, {}), FAMILIES), *extra.get(name, [])]:
             label = ",".join(f"{k}={v}" for k, v in settings.items())
             for family in families:
                 out.append(
@@ -148,6 +154,7 @@ class Environment:
             label_smoothing=self.study.train.label_smoothing,
             student_arch=arch,
             train_helper=study_helper_trainer(self.study, self.data, self.cache_dir),
+            cache_dir=self.cache_dir,
         )
         cls = DISTILLERS[name] if isinstance(name, str) else name
         distiller = cls(student, cls.Settings(**settings), context)
