@@ -239,10 +239,9 @@ class LiveProgress(SearchProgress):
             f"{self.counts_text(run)}   hypervolume {hypervolume}   elapsed {duration(run.wall_seconds())}   ETA {eta}"
         )
         table = Table(title=f"Pareto front so far ({' vs '.join(self.objectives)})", caption=caption)
-        table.add_column("trial")
-        table.add_column("val_accuracy", justify="right")
-        for name in self.sizes:
-            table.add_column(name, justify="right")
+        table.add_column("trial", no_wrap=True)
+        for name in self.objectives:  # numbers never wrap: the architecture column gives way first
+            table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
         table.add_column("distiller")
         table.add_column("architecture", overflow="ellipsis", no_wrap=True, max_width=40)
         members = self.front_members(run)
