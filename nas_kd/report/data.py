@@ -151,7 +151,7 @@ def row_settings(trials: pd.DataFrame) -> list[dict[str, Any]]:
             by_prefix.setdefault(prefix, []).append(column)
     return [
         {c.split(".", 1)[1]: row[c] for c in by_prefix.get(row["distiller"], []) if _text(row[c]) != ""}
-        for _, row in trials.iterrows()
+        for row in trials.to_dict("records")  # records, not iterrows: 10,000 rows in well under a second
     ]
 
 
@@ -179,7 +179,7 @@ def hover_text(trials: pd.DataFrame) -> pd.Series:
     """One HTML hover label per trial: id, status, architecture, distiller and settings, metrics, error."""
     distillers = distiller_text(trials)
     out = []
-    for (_, row), distiller in zip(trials.iterrows(), distillers, strict=True):
+    for row, distiller in zip(trials.to_dict("records"), distillers, strict=True):
         epochs = f"{_count(row['epochs'])}/{_count(row['max_epochs'])} epochs"
         lines = [
             f"<b>trial {row['trial_id']}</b> · {row['status']} · {epochs}",
@@ -253,29 +253,50 @@ def distillation_gain(
     ce = done[done["distiller"] == baseline]
     rows = []
     if len(ce):
-        ce_keys = ce["arch"].map(_arch_key)
-        ce_log = np.log(ce["params"].to_numpy())
-        for _, row in done[done["distiller"] != baseline].iterrows():
-            same = ce[ce_keys == _arch_key(row["arch"])]
-            match = "same architecture"
-            if same.empty:
-                near = np.abs(ce_log - math.log(row["params"])) <= math.log1p(tolerance)
-                same, match = ce[near], f"size-matched (±{tolerance:.0%} params)"
-            if same.empty:
-                continue
+        # by genome, and sorted by log-params with prefix sums: a window's mean in O(log n), not a scan per trial
+        by_arch: dict[str, list[int]] = {}
+        for i, key in enumerate(ce["arch"].map(_arch_key)):
+            by_arch.setdefault(key, []).append(i)
+        ce_ids, ce_accuracy = ce["trial_id"].to_numpy(), ce["val_accuracy"].to_numpy(dtype=float)
+        order = np.argsort(np.log(ce["params"].to_numpy(dtype=float)), kind="stable")
+        sorted_log = np.log(ce["params"].to_numpy(dtype=float))[order]
+        prefix = np.concatenate([[0.0], np.cumsum(ce_accuracy[order])])
+        radius = math.log1p(tolerance)
+        distilled = done[done["distiller"] != baseline]
+        for trial_id, distiller, params, accuracy, arch in zip(
+            distilled["trial_id"], distilled["distiller"], distilled["params"], distilled["val_accuracy"],
+            distilled["arch"], strict=True,
+        ):  # fmt: skip
+            same = by_arch.get(_arch_key(arch))
+            if same:
+                match, members, mean = "same architecture", same, float(ce_accuracy[same].mean())
+            else:
+                lo = np.searchsorted(sorted_log, math.log(params) - radius, side="left")
+                hi = np.searchsorted(sorted_log, math.log(params) + radius, side="right")
+                if hi <= lo:
+                    continue
+                match, members = f"size-matched (±{tolerance:.0%} params)", list(order[lo:hi])
+                mean = float((prefix[hi] - prefix[lo]) / (hi - lo))
             rows.append(
                 {
-                    "trial_id": row["trial_id"],
-                    "distiller": row["distiller"],
-                    "params": row["params"],
-                    "capacity_ratio": row["params"] / teacher_params if teacher_params else math.nan,
-                    "gain": row["val_accuracy"] - same["val_accuracy"].mean(),
-                    "baseline_trials": ", ".join(same["trial_id"]),
+                    "trial_id": trial_id,
+                    "distiller": distiller,
+                    "params": params,
+                    "capacity_ratio": params / teacher_params if teacher_params else math.nan,
+                    "gain": accuracy - mean,
+                    "baseline_trials": _id_list(ce_ids[sorted(members)]),
                     "match": match,
                 }
             )
     columns = ["trial_id", "distiller", "params", "capacity_ratio", "gain", "baseline_trials", "match"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _id_list(ids: Iterable[Any], shown: int = 5) -> str:
+    """'t0, t1' or, past ``shown`` ids, 't0, t1, t2, t3, t4 and 12 more' (hover text stays short)."""
+    ids = [str(i) for i in ids]
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return ", ".join(ids[:shown]) + more
 
 
 def _arch_key(arch: str) -> str:

@@ -26,13 +26,18 @@ UNITS = {"params": "params", "flops": "FLOPs", "model_bytes": "bytes", "latency_
 STATUSES = ("COMPLETE", "PRUNED", "FAILED", "REJECTED", "INTERRUPTED")
 
 
-def human(value: Any) -> str:
-    """12345 -> 12.3k; NaN or missing -> '-'."""
+def _finite(value: Any) -> float | None:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        return "-"
-    if not math.isfinite(number):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def human(value: Any) -> str:
+    """12345 -> 12.3k; NaN or missing -> '-'."""
+    number = _finite(value)
+    if number is None:
         return "-"
     for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(number) >= factor:
@@ -42,16 +47,15 @@ def human(value: Any) -> str:
 
 def size_text(name: str, value: Any) -> str:
     if name == "latency_ms":
-        return f"{float(value):.3g} ms" if value is not None and math.isfinite(float(value)) else "- ms"
+        number = _finite(value)
+        return "- ms" if number is None else f"{number:.3g} ms"
     return f"{human(value)} {UNITS.get(name, name)}"
 
 
 def accuracy_text(value: Any) -> str:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return "-"
-    if not math.isfinite(number):
+    """A fraction (0.9721) or a percentage (97.21) as '97.21%'."""
+    number = _finite(value)
+    if number is None:
         return "-"
     return f"{100 * number:.2f}%" if number <= 1.0 else f"{number:.2f}%"
 
@@ -235,10 +239,9 @@ class LiveProgress(SearchProgress):
             f"{self.counts_text(run)}   hypervolume {hypervolume}   elapsed {duration(run.wall_seconds())}   ETA {eta}"
         )
         table = Table(title=f"Pareto front so far ({' vs '.join(self.objectives)})", caption=caption)
-        table.add_column("trial")
-        table.add_column("val_accuracy", justify="right")
-        for name in self.sizes:
-            table.add_column(name, justify="right")
+        table.add_column("trial", no_wrap=True)
+        for name in self.objectives:  # numbers never wrap: the architecture column gives way first
+            table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
         table.add_column("distiller")
         table.add_column("architecture", overflow="ellipsis", no_wrap=True, max_width=40)
         members = self.front_members(run)
