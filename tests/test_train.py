@@ -19,7 +19,8 @@ ARCH = {"family": "resnet", "stem": 8, "stages": [{"channels": 8, "depth": 1}, {
 def make_trainer(digits, cfg: TrainConfig, seed: int = 0, augment: bool = False) -> Trainer:
     torch.manual_seed(seed)
     student = build_model(ARCH, digits.input_shape, digits.num_classes)
-    distiller = make_distiller("ce", {}, student, DistillContext(digits, seed=seed, augmented=augment))
+    context = DistillContext(digits, seed=seed, augmented=augment, label_smoothing=cfg.label_smoothing)
+    distiller = make_distiller("ce", {}, student, context)
     return Trainer(distiller, digits, cfg, seed, augment)
 
 

@@ -111,8 +111,9 @@ class Distiller(nn.Module):
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         """Called by the trainer before every epoch (``epoch`` 0-based, of ``epochs``). Passes it on to every
-        submodule that has this hook (knowledge terms with schedules, e.g. DKD's warm-up); the values travel
-        in the distiller's state, so a resumed run continues the same schedule."""
+        submodule that has this hook (knowledge terms with schedules, e.g. DKD's warm-up). The trainer's
+        state holds the epoch, and what a hook sets is kept in the module's own state (DKD's ramp is its
+        extra state), so a resumed run continues the same schedule."""
         self.epoch, self.epochs = epoch, epochs
         for module in self.modules():
             if module is not self and callable(getattr(module, "on_epoch_start", None)):
@@ -133,12 +134,6 @@ class Distiller(nn.Module):
         """Loss terms (by name) that must send no gradient into the listed parameters: a network's own
         outputs used as targets are detached. The conformance suite checks every barrier declared here."""
         return {}
-
-    def get_extra_state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "epochs": self.epochs}
-
-    def set_extra_state(self, state: dict[str, int]) -> None:
-        self.on_epoch_start(int(state["epoch"]), int(state["epochs"]))
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)

@@ -93,8 +93,7 @@ class MultiTeacher(Distiller):
 
     # The step count travels in the state dict (a plain int: no device sync per step).
     def get_extra_state(self) -> dict[str, int]:
-        return {**super().get_extra_state(), "steps": self.steps}
+        return {"steps": self.steps}
 
     def set_extra_state(self, state: dict[str, int]) -> None:
-        super().set_extra_state(state)
         self.steps = int(state["steps"])

@@ -199,5 +199,5 @@ def test_the_trainer_tells_distillers_the_epoch_and_a_resumed_run_keeps_the_sche
     resumed = env.trainer("offline", settings, "cnn")
     resumed.load_state_dict(roundtrip(trainer.state_dict()))
     assert resumed.distiller.knowledge.terms["response"].ramp == 0.5  # restored with the state
-    assert resumed.run_epoch().losses == trainer.run_epoch().losses
+    assert resumed.run_epoch().losses == trainer.run_epoch().losses  # the trainer's epoch drives the next
     assert resumed.distiller.knowledge.terms["response"].ramp == 0.75

@@ -64,13 +64,13 @@ class CRD(Term):
         n, dim = len(labels), settings.feat_dim
         self.embed_student = nn.Linear(setup.student_embedding, dim)
         self.embed_teacher = nn.Linear(setup.teacher_embedding, dim)
-        # Rows sorted by class: the negatives of a class-c sample are every row outside c's block.
-        counts = torch.bincount(labels, minlength=setup.num_classes)
-        self.register_buffer("order", torch.argsort(labels, stable=True), persistent=False)
-        self.register_buffer("starts", torch.cumsum(counts, 0) - counts, persistent=False)
-        self.register_buffer("counts", counts, persistent=False)
-        self.register_buffer("labels", labels, persistent=False)
-        self.k = min(settings.nce_k, int(n - counts.max()))
+        # Rows sorted by class: the negatives of a class-c sample are every row outside c's block. Drawn on
+        # the CPU (plain tensors, not buffers: they follow from the labels and stay there).
+        self.labels = labels
+        self.counts = torch.bincount(labels, minlength=setup.num_classes)
+        self.starts = torch.cumsum(self.counts, 0) - self.counts
+        self.order = torch.argsort(labels, stable=True)
+        self.k = min(settings.nce_k, int(n - self.counts.max()))
         bound = 1 / math.sqrt(dim / 3)  # RepDistiller's initialisation of the banks
         self.register_buffer("memory_student", torch.rand(n, dim).mul_(2 * bound).add_(-bound))
         self.register_buffer("memory_teacher", torch.rand(n, dim).mul_(2 * bound).add_(-bound))
@@ -92,6 +92,10 @@ class CRD(Term):
     ) -> dict[str, torch.Tensor]:
         if index is None:
             raise ValueError("crd needs the batch's row indices in the training set")
+        with torch.autocast(index.device.type, enabled=False):  # scores exp(x / 0.07) need float32
+            return self._nce(student, teacher, index)
+
+    def _nce(self, student: Outputs, teacher: Outputs, index: torch.Tensor) -> dict[str, torch.Tensor]:
         m = self.settings.nce_m
         v_s = F.normalize(self.embed_student(student.embedding.float()).float(), dim=1)
         v_t = F.normalize(self.embed_teacher(teacher.embedding.float()).float(), dim=1)
