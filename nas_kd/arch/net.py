@@ -65,20 +65,8 @@ class StudentNet(nn.Module):
         return self.forward_features(x)[0]
 
 
-def build_model(arch: Arch, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """Build the network a genome describes; ``input_shape`` is (channels, height, width)."""
-    if "torchvision" in arch:
-        from nas_kd.arch.tv import build_torchvision
-
-        return build_torchvision(arch, input_shape, num_classes)
-    if "wrap" in arch:  # a network nas-kd does not describe itself (see arch/external.py)
-        from nas_kd.arch.external import TeacherNet, build_network, view_shape
-
-        seen = view_shape(arch.get("view"), input_shape)
-        source = arch["wrap"]
-        inner = build_model(source["genome"], seen, num_classes) if "genome" in source else None
-        return TeacherNet(inner or build_network(source, seen, num_classes), input_shape, arch.get("feature_nodes"),
-                          arch.get("view"))  # fmt: skip
+def build_family(arch: Arch, input_shape: tuple[int, int, int], num_classes: int) -> StudentNet:
+    """Build one of nas-kd's own families (cnn, resnet, mobilenet); ``input_shape`` is (channels, height, width)."""
     family = arch["family"]
     if family not in STAGE_BUILDERS:
         raise ValueError(f"unknown family {family!r}; known: {sorted(STAGE_BUILDERS)}")
