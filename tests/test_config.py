@@ -11,6 +11,7 @@ import yaml
 
 from nas_kd.cli import main
 from nas_kd.config import StudyError, load_study, study_from_dict
+from nas_kd.testing.digits_folder import write_digits_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = yaml.safe_load((ROOT / "studies" / "quickstart.yaml").read_text())
@@ -82,9 +83,18 @@ def test_cli_prints_one_line_exit_2_and_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
-def test_valid_shipped_studies(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.slow  # decodes Fashion-MNIST and a folder of PNGs
+def test_shipped_studies_validate_where_their_data_is(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """validate loads the data: the shipped studies pass where their data is (own_data: the digits folder
+    `make digits-folder` writes); cifar100's data is not shipped, and validate says where to get it."""
+    folder = write_digits_folder(tmp_path / "digits_folder", size=16, limit=200)
+    given = {"own_data": ["--set", f"data.path={folder}", "--set", f"runs_dir={tmp_path / 'runs'}"]}
     for study in sorted((ROOT / "studies").glob("*.yaml")):
-        assert main(["validate", str(study)]) == 0
+        if study.stem == "cifar100":
+            assert main(["validate", str(study), "--set", f"data.data_dir={tmp_path / 'none'}"]) == 2
+            assert "dataset cifar100 not found" in capsys.readouterr().err
+            continue
+        assert main(["validate", str(study), *given.get(study.stem, [])]) == 0, capsys.readouterr().err
     assert "ok" in capsys.readouterr().out
 
 
@@ -100,10 +110,11 @@ def test_overrides_and_resolved_study_inlines_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.yaml")), ids=lambda p: p.stem)
-def test_resolved_shipped_study_loads_back(path: Path) -> None:
+def test_resolved_shipped_study_loads_back(path: Path, tmp_path: Path) -> None:
     """Trials and resumed runs rebuild the study from its resolved form (files inlined); a study naming
     several space files (fashion_mnist) failed every trial before a list of inlined spaces was valid."""
-    study = load_study(path)
+    (tmp_path / "train").mkdir()  # own_data's folder must exist; its contents are read later
+    study = load_study(path, {"data.path": str(tmp_path)} if path.stem == "own_data" else {})
     again = study_from_dict(study.resolved())
     assert again.resolved() == study.resolved()
     assert isinstance(again.search.space, dict if isinstance(study.search.space, str) else list)

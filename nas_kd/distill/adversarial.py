@@ -24,11 +24,13 @@ from nas_kd.distill.registry import register
 class AdversarialSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    epsilon: float = Field(0.1, ge=0, le=1)  # L-infinity budget in pixel units (images in [0, 1])
-    steps: int = Field(3, ge=1)  # PGD steps while training
-    step_size: float | None = Field(None, gt=0, le=1)  # pixel units; default 2.5 * epsilon / steps
-    teacher_weight: float = Field(1.0, ge=0, le=1)  # 1: RSLAD soft labels; 0: adversarial training on labels
-    adversarial_weight: float = Field(5 / 6, ge=0, le=1)  # RSLAD's 5/6 adversarial, 1/6 clean
+    epsilon: float = Field(0.1, ge=0, le=1, description="L-infinity budget in pixel units (images in [0, 1])")
+    steps: int = Field(3, ge=1, description="PGD steps while training")
+    step_size: float | None = Field(None, gt=0, le=1, description="pixel units; default 2.5 * epsilon / steps")
+    teacher_weight: float = Field(
+        1.0, ge=0, le=1, description="1: RSLAD soft labels; 0: adversarial training on labels"
+    )
+    adversarial_weight: float = Field(5 / 6, ge=0, le=1, description="RSLAD's 5/6 adversarial, 1/6 clean")
 
     @model_validator(mode="after")
     def _attack(self) -> AdversarialSettings:
@@ -71,6 +73,10 @@ class Adversarial(Distiller):
         teacher = self.teacher.logits(x, index, self.context.augmented)
         soft = F.softmax(teacher, dim=1)  # RSLAD: temperature 1
         return s.teacher_weight * soft + (1 - s.teacher_weight) * onehot
+
+    @property
+    def learns_from_teacher(self) -> bool:
+        return self.settings.teacher_weight > 0  # 0 is adversarial training on the labels alone
 
     def forward_train(
         self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None

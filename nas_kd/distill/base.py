@@ -124,6 +124,12 @@ class Distiller(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    @property
+    def learns_from_teacher(self) -> bool:
+        """Whether the live teachers' outputs reach the student's loss at every step (the conformance suite
+        checks that they do): a required teacher, or one the distiller holds itself (born-again, assistant)."""
+        return self.requires_teacher or any(isinstance(v, Teacher) for v in vars(self).values())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
 

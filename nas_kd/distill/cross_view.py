@@ -25,10 +25,10 @@ from nas_kd.views import View, parse_view_text
 class CrossViewSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    teacher_view: str = ""  # one-line view; empty: the raw data, as the teacher was trained
-    student_view: str = ""
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.9, ge=0, le=1)  # weight of the teacher's soft labels; 0: cross-entropy only
+    teacher_view: str = Field("", description="one-line view; empty: the raw data, as the teacher was trained")
+    student_view: str = Field("", description="the student's one-line view, e.g. resize:4x4; empty: the raw data")
+    temperature: float = Field(4.0, gt=0, description="softening temperature T of the KD term")
+    alpha: float = Field(0.9, ge=0, le=1, description="weight of the teacher's soft labels; 0: cross-entropy only")
 
     @field_validator("teacher_view", "student_view")
     @classmethod

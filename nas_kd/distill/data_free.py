@@ -38,14 +38,14 @@ from nas_kd.distill.registry import register
 class DataFreeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    images: int = Field(512, ge=1)  # synthetic images, cycled through by every epoch
-    iterations: int = Field(100, ge=1)  # optimisation steps per synthesis batch
-    synthesis_batch: int = Field(256, ge=2)  # images optimised together (batch statistics need several)
-    synthesis_lr: float = Field(0.1, gt=0)  # Adam, on the pixels
-    bn_weight: float = Field(1.0, ge=0)  # the batch-norm statistics regulariser
-    tv_weight: float = Field(1e-3, ge=0)  # total-variation prior (smooth images)
-    synthesis_seed: int = 0  # not the trial's seed: every trial shares one synthetic set
-    temperature: float = Field(4.0, gt=0)
+    images: int = Field(512, ge=1, description="synthetic images, cycled through by every epoch")
+    iterations: int = Field(100, ge=1, description="optimisation steps per synthesis batch")
+    synthesis_batch: int = Field(256, ge=2, description="images optimised together (batch statistics need several)")
+    synthesis_lr: float = Field(0.1, gt=0, description="Adam, on the pixels")
+    bn_weight: float = Field(1.0, ge=0, description="the batch-norm statistics regulariser")
+    tv_weight: float = Field(1e-3, ge=0, description="total-variation prior (smooth images)")
+    synthesis_seed: int = Field(0, description="not the trial's seed: every trial shares one synthetic set")
+    temperature: float = Field(4.0, gt=0, description="softening temperature T of the KD term")
 
 
 def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -145,6 +145,10 @@ class DataFree(Distiller):
         self.images = synthetic_images(context, self.teacher.model, settings)
         with torch.no_grad():
             self.teacher_logits = torch.cat([self.teacher.model(b).float() for b in self.images.split(1024)])
+
+    @property
+    def learns_from_teacher(self) -> bool:
+        return False  # not live: the teacher's knowledge is in the synthetic set and its logits, made at construction
 
     def forward_train(
         self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None
