@@ -42,17 +42,18 @@ class EpochResult:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    # foreach: one multi-tensor kernel per update instead of a Python loop over parameters (CPU defaults to the loop)
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig, foreach: bool | None = True) -> torch.optim.Optimizer:
+    """``foreach``: one multi-tensor kernel per update instead of a Python loop over the parameters (torch's
+    default, None, is the loop on CPU)."""
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=foreach)
     return torch.optim.SGD(
         params,
         lr=cfg.lr,
         momentum=cfg.momentum,
         nesterov=cfg.momentum > 0,
         weight_decay=cfg.weight_decay,
-        foreach=True,
+        foreach=foreach,
     )
 
 
