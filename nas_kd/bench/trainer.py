@@ -20,6 +20,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from nas_kd.arch import arch_summary, build_model
 from nas_kd.bench import BenchError
 from nas_kd.config import Study, load_study, parse_override
-from nas_kd.data import Dataset, batches
+from nas_kd.data import Dataset, Split, batches
 from nas_kd.distill import Teacher
 from nas_kd.pipeline import build_trainer, ready_teachers, resolve_device, study_data
 from nas_kd.train import autocast, epoch_size, make_optimizer, make_schedule
@@ -41,6 +42,7 @@ ARMS = {
     "live": "trainer offline, live teacher",
 }
 DEFAULT_ARMS = ("minimal", "tuned", "cached", "live")
+VALIDATION_IMAGES = 1024
 
 
 def minimal_loop(study, data: Dataset, arch: dict, seed: int) -> Callable[[], float]:
@@ -92,11 +94,15 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device()
     data = study_data(study, device)
     images = epoch_size(study.train, len(data.train))
-    cached = ready_teachers(study, data)
-    if not cached or study.student is None:
-        print(f"{study.path}: the trainer benchmark needs a teacher and a student block")
+    names = chosen_arms(args.arms)
+    needs_teacher = bool({"cached", "live"} & set(names))  # the student-only arms run without one
+    cached = ready_teachers(study, data) if needs_teacher else []
+    if (needs_teacher and not cached) or study.student is None:
+        print(f"{study.path}: the trainer benchmark needs a student block (and a teacher for the KD arms)")
         return 2
     arch = study.student.genome()
+    # Each trainer epoch ends with a validation pass, which is not timed: a slice of the split is enough.
+    data = replace(data, val=Split(data.val.x[:VALIDATION_IMAGES], data.val.y[:VALIDATION_IMAGES]))
     builders: dict[str, Callable[[], Callable[[], float]]] = {
         "minimal": lambda: minimal_loop(study, data, arch, study.seed),
         "tuned": lambda: trainer_arm(study, data, [], arch, "ce"),
@@ -104,7 +110,6 @@ def run(args: argparse.Namespace) -> int:
         "cached": lambda: trainer_arm(study, data, [cached[0].as_teacher(device)], arch, "offline"),
         "live": lambda: trainer_arm(study, data, [cached[0].as_teacher(device, cached_logits=False)], arch, "offline"),
     }
-    names = chosen_arms(args.arms)
     arms = {name: builders[name]() for name in names}
     epochs = args.epochs or 1
     times: dict[str, list[float]] = {name: [] for name in arms}
@@ -114,8 +119,9 @@ def run(args: argparse.Namespace) -> int:
             times[name] += [arms[name]() for _ in range(epochs)]
 
     median = {name: statistics.median(t) for name, t in times.items()}
+    teacher = f", teacher {cached[0].info['params']:,} params" if cached else ""
     print(
-        f"\n{study.name}: student {arch_summary(arch)}, teacher {cached[0].info['params']:,} params, "
+        f"\n{study.name}: student {arch_summary(arch)}{teacher}, "
         f"{images} training images per epoch, batch {study.train.batch_size}, {device}, "
         f"{torch.get_num_threads()} threads; median of {len(times[names[0]])} epochs per arm\n"
     )
