@@ -298,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="seeds per arm (distillers, search)")
     p.add_argument("--budget", type=int, help="student-epoch budget per arm (search)")
     p.add_argument("--trials", type=int, help="synthetic trials (driver; default 10000)")
-    p.add_argument("--arms", help="comma-separated subset of arms (distillers), e.g. ce,offline-response")
+    p.add_argument(
+        "--arms", help="comma-separated subset of arms (distillers, trainer; gpu: packed), e.g. ce,offline-response"
+    )
     p.add_argument("--out", help="write the table as CSV/Markdown here too")
     p.add_argument(
         "--from-runs",

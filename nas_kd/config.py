@@ -94,11 +94,14 @@ class TrainConfig(Strict):
     # A cheap proxy for searches: each epoch trains on this many images, drawn afresh (seeded) from the
     # training split; validation and test stay whole. Unset: the whole training split.
     samples_per_epoch: int | None = Field(None, ge=1)
+    # torch.compile the student: true, false, or auto (on only for runs long enough to repay the compile
+    # time; see nas_kd.train.should_compile). A speed setting, not part of the recipe's identity.
+    compile: bool | Literal["auto"] = "auto"
 
     def identity(self) -> dict[str, Any]:
         """What fixes a model trained with this recipe (cache keys). Unset options are left out, so adding
-        an option keeps the keys of models cached before it existed."""
-        return self.model_dump(exclude_none=True)
+        an option keeps the keys of models cached before it existed; speed settings are left out too."""
+        return self.model_dump(exclude_none=True, exclude={"compile"})
 
 
 class ModelSource(Strict):

@@ -85,9 +85,7 @@ def make_trainer(
     assistants are all built here."""
     device = data.train.device
     torch.manual_seed(seed)
-    student = build_model(arch, data.input_shape, data.num_classes).to(device)
-    if device.type == "cuda":
-        student = student.to(memory_format=torch.channels_last)
+    student = build_model(arch, data.input_shape, data.num_classes).to(device)  # Trainer sets channels_last
     context = DistillContext(
         data, teachers or [], device, seed, augment, cfg.label_smoothing, arch, train_helper, cache_dir
     )

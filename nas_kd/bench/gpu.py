@@ -5,6 +5,9 @@
 2. Student training throughput (images/s) of the study's student: the trainer's GPU path (bf16 autocast,
    channels_last) against the same loop in fp32 with the default memory format.
 
+``--arms packed`` instead runs the torch-only packed-student benchmark (``nas_kd/bench/packed.py``: N students
+as N processes on one GPU, no Ray; ``scripts/gpu-check.sh`` runs the same file without the CLI).
+
 Needs CUDA; without it the command says so and exits 2. Default study: studies/quickstart.yaml (digits, always
 available); pass a larger one (e.g. studies/fashion_mnist.yaml) for figures closer to real use.
 """
@@ -23,7 +26,7 @@ import pandas as pd
 import torch
 
 import nas_kd.train
-from nas_kd.bench import BenchError
+from nas_kd.bench import BenchError, packed
 from nas_kd.bench.tables import markdown
 from nas_kd.config import Study, load_study, parse_override
 from nas_kd.pipeline import build_trainer, ready_teachers, study_data
@@ -42,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.arms == "packed":
+        return packed.main(["--device", "cuda", *(["--out", args.out] if args.out else [])])
     study_path = args.study or DEFAULT_STUDY
     overrides = dict(parse_override(text) for text in args.set or [])
     if args.epochs:
@@ -104,12 +109,15 @@ def throughput(study: Study) -> pd.DataFrame:
 
 def images_per_second(trainer: Trainer, fast: bool) -> float:
     """Median images/s over the epochs after the first. ``fast=False`` undoes the trainer's GPU defaults:
-    contiguous weights, and an autocast that is switched off (the trainer turns bf16 on for every CUDA run)."""
+    contiguous weights and inputs, and an autocast that is switched off (the trainer turns bf16 on for every CUDA run)."""
     if fast:
         history = trainer.fit()
     else:
         trainer.distiller.to(memory_format=torch.contiguous_format)
-        with mock.patch.object(nas_kd.train, "autocast", _no_autocast):
+        with (
+            mock.patch.object(nas_kd.train, "autocast", _no_autocast),
+            mock.patch.object(nas_kd.train, "MEMORY_FORMAT", torch.contiguous_format),
+        ):
             history = trainer.fit()
     torch.cuda.synchronize()
     return statistics.median(r.images_per_second for r in history[1:] or history)

@@ -19,6 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from nas_kd.arch.inference import frozen_for_inference
 from nas_kd.data import Dataset
 
 
@@ -54,18 +55,27 @@ class Teacher:
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self._runner: tuple[nn.Module, nn.Module] | None = None  # (model, its frozen inference copy)
+
+    @property
+    def runner(self) -> nn.Module:
+        """What live forwards run: a batch-norm-folded, channels_last copy of ``model`` (arch/inference.py), made
+        once per model. ``model`` itself stays as given (data-free synthesis reads its batch norms)."""
+        if self._runner is None or self._runner[0] is not self.model:
+            self._runner = (self.model, frozen_for_inference(self.model))
+        return self._runner[1]
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor, index: torch.Tensor | None, augmented: bool) -> torch.Tensor:
         """Cached logits when the batch is un-augmented training data, else a live forward."""
         if self.train_logits is not None and index is not None and not augmented:
             return self.train_logits[index].float()
-        return self.model(x).float()
+        return self.runner(x).float()
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """Live forward: (logits, stage features, pooled embedding)."""
-        logits, features, embedding = self.model.forward_features(x)
+        logits, features, embedding = self.runner.forward_features(x)
         return logits.float(), [f.float() for f in features], embedding.float()
 
     def outputs(self, x: torch.Tensor, index: torch.Tensor | None, augmented: bool, features: bool) -> Outputs:
