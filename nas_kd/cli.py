@@ -199,6 +199,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         info = json.loads((Path(args.out) / "model.json").read_text())
         traced = torch.jit.trace(model, torch.zeros(1, *info["input_shape"]))
         traced.save(str(Path(args.out) / "model.torchscript.pt"))
+    if args.onnx:
+        from nas_kd.onnx_export import check_onnx_export
+
+        print(check_onnx_export(args.out, Path(args.run_dir) / "study.yaml"))
     print(f"exported {args.trial_id} to {args.out} (load with nas_kd.load_student({str(args.out)!r}))")
     return 0
 
@@ -258,16 +262,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("trial_id")
     p.add_argument("--out", required=True, help="destination folder")
     p.add_argument("--torchscript", action="store_true", help="also write a traced TorchScript file")
+    p.add_argument(
+        "--onnx", action="store_true", help="also write model.onnx (int8 QCDQ if quantized) and check its accuracy"
+    )
     p = sub.add_parser("list", help="list distillers or datasets")
     p.add_argument("what", choices=["distillers", "datasets"])
     p = sub.add_parser("bench", help="benchmarks that print ratios against a baseline measured in the same run")
-    p.add_argument("what", choices=["trainer", "distillers", "search", "gpu"])
+    p.add_argument("what", choices=["trainer", "distillers", "search", "gpu", "quant", "quant-latency"])
     p.add_argument("study", nargs="?", default=None, help="study file (default depends on the benchmark)")
     p.add_argument("--epochs", type=int, help="epochs per training run")
     p.add_argument("--repeats", type=int, default=3, help="timing repeats (trainer)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per arm (distillers, search)")
     p.add_argument("--budget", type=int, help="student-epoch budget per arm (search)")
-    p.add_argument("--arms", help="comma-separated subset of arms (distillers), e.g. ce,offline-response")
+    p.add_argument("--arms", help="comma-separated subset of arms (distillers, quant), e.g. ce,offline-response")
     p.add_argument("--out", help="write the table as CSV/Markdown here too")
     p.add_argument(
         "--from-runs",

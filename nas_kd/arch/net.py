@@ -4,7 +4,8 @@ Genome::
 
     {"family": "resnet" | "cnn" | "mobilenet",
      "stem": 16,                                   # stem conv channels
-     "stages": [{"channels": 16, "depth": 2, ...}, ...]}   # family-specific keys: kernel, expand, se
+     "stages": [{"channels": 16, "depth": 2, ...}, ...],   # family-specific keys: kernel, expand, se
+     "quant": {"weight_bits": 4, "act_bits": 4}}   # optional: quantization-aware (see nas_kd.arch.quant)
 
 Stage 0 keeps the resolution; each later stage halves it (while the map is larger than 1x1).
 """
@@ -13,15 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
 
 import torch
 from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
 from nas_kd.arch.blocks import STAGE_BUILDERS
-
-Arch = dict[str, Any]
+from nas_kd.arch.quant_spec import Arch, bits_of
 
 
 def arch_hash(arch: Arch) -> str:
@@ -34,7 +33,9 @@ def arch_summary(arch: Arch) -> str:
     if "torchvision" in arch:
         return f"torchvision {arch['torchvision']}"
     stages = " ".join(f"{s['channels']}x{s['depth']}" for s in arch["stages"])
-    return f"{arch['family']} {arch.get('stem', '-')}|{stages}"
+    bits = bits_of(arch)
+    bits = f" w{bits['weight_bits']}a{bits['act_bits']}" if arch.get("quant") else ""
+    return f"{arch['family']} {arch.get('stem', '-')}|{stages}{bits}"
 
 
 class StudentNet(nn.Module):
@@ -64,10 +65,19 @@ class StudentNet(nn.Module):
 
 def build_model(arch: Arch, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """Build the network a genome describes; ``input_shape`` is (channels, height, width)."""
-    if "torchvision" in arch:
+    if "torchvision" in arch and "quant" not in arch:
         from nas_kd.arch.tv import build_torchvision
 
         return build_torchvision(arch, input_shape, num_classes)
+    if "quant" in arch:  # imported here: brevitas adds seconds to every import of nas_kd otherwise
+        from nas_kd.arch.quant import build_quantized
+
+        return build_quantized(arch, input_shape, num_classes)
+    return build_fp_model(arch, input_shape, num_classes)
+
+
+def build_fp_model(arch: Arch, input_shape: tuple[int, int, int], num_classes: int) -> StudentNet:
+    """The full-precision network of a family genome (a ``quant`` block, if any, is not applied here)."""
     family = arch["family"]
     if family not in STAGE_BUILDERS:
         raise ValueError(f"unknown family {family!r}; known: {sorted(STAGE_BUILDERS)}")

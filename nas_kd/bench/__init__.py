@@ -18,6 +18,8 @@ BENCHMARKS = {
     "distillers": "nas_kd.bench.distillers",
     "search": "nas_kd.bench.search",
     "gpu": "nas_kd.bench.gpu",
+    "quant": "nas_kd.bench.quant",
+    "quant-latency": "nas_kd.bench.quant_latency",
 }
 
 
