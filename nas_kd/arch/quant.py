@@ -9,7 +9,7 @@ Genome::
 
 What is quantized: the weights of every convolution and linear layer (symmetric, per output channel,
 brevitas ``Int8WeightPerChannelFloat`` at the given width) and the input of every such layer (per tensor,
-scale learned from runtime statistics, then trained). An input that is never negative (after a ReLU)
+a learned scale starting from a +-4 clipping range). An input that is never negative (after a ReLU)
 is quantized unsigned, one that can be (a projection's output, the image) signed: decided once by a probe
 forward on the freshly built network. So every multiply-accumulate takes ``act_bits`` by ``weight_bits``
 integers; additions (residuals), batch norm and pooling stay in float, as in integer deployments that fold
@@ -30,12 +30,13 @@ import onnxruntime
 import torch
 from brevitas import nn as qnn
 from brevitas.export import export_onnx_qcdq
-from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerChannelFloat, Uint8ActPerTensorFloat
+from brevitas.quant import Int8ActPerTensorFloatMinMaxInit, Int8WeightPerChannelFloat, Uint8ActPerTensorFloatMaxInit
 from torch import nn
 
 from nas_kd.arch.net import Arch, StudentNet, build_fp_model
 from nas_kd.arch.quant_spec import FULL_PRECISION, check_quant, layer_bits
 
+ACT_RANGE = 4.0  # initial clipping range of layer inputs (batch-normalised: a few standard deviations)
 SCALE_BYTES = 4  # one fp32 scale per output channel; symmetric quantization stores no zero point
 
 
@@ -72,8 +73,13 @@ def _signed_inputs(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[
 def _quant_kwargs(weight_bits: int, act_bits: int, signed: bool) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"weight_quant": Int8WeightPerChannelFloat, "weight_bit_width": weight_bits}
     if act_bits < FULL_PRECISION:
-        kwargs["input_quant"] = Int8ActPerTensorFloat if signed else Uint8ActPerTensorFloat
-        kwargs["input_bit_width"] = act_bits
+        # A learned scale from a fixed start, not brevitas' default runtime statistics: those keep a step
+        # counter outside the state dict, so a resumed or reloaded student would not continue the same run.
+        if signed:
+            kwargs |= {"input_quant": Int8ActPerTensorFloatMinMaxInit, "input_min_val": -ACT_RANGE}
+        else:
+            kwargs["input_quant"] = Uint8ActPerTensorFloatMaxInit
+        kwargs |= {"input_max_val": ACT_RANGE, "input_bit_width": act_bits}
     return kwargs
 
 
