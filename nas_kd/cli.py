@@ -200,9 +200,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         traced = torch.jit.trace(model, torch.zeros(1, *info["input_shape"]))
         traced.save(str(Path(args.out) / "model.torchscript.pt"))
     if args.onnx:
-        from nas_kd.onnx_export import check_onnx_export
+        from nas_kd.onnx_export import ExportMismatch, check_onnx_export
 
-        print(check_onnx_export(args.out, Path(args.run_dir) / "study.yaml"))
+        try:
+            print(check_onnx_export(args.out, Path(args.run_dir) / "study.yaml"))
+        except ExportMismatch as error:
+            print(f"nas-kd: error: {error}", file=sys.stderr)
+            return 1
     print(f"exported {args.trial_id} to {args.out} (load with nas_kd.load_student({str(args.out)!r}))")
     return 0
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from nas_kd.testing import pytest_distillers
-from nas_kd.testing.pytest_distillers import DistillerConformance
+from nas_kd.testing.pytest_distillers import DistillerConformance, Environment
 
 QUANT = {"weight_bits": 4, "act_bits": 4}
 
@@ -26,5 +27,7 @@ class TestDistillersWithQuantizedStudents(DistillerConformance):
         reason="known gap: a quantized run resumed from a checkpoint drifts from the uninterrupted one by ~1e-3 in "
         "loss (state dicts, optimizer and generator states compare equal; the cause in brevitas is not found yet)",
     )
-    def test_seeded_runs_and_resumed_runs_are_identical(self, env, name, settings, family) -> None:  # noqa: ANN001
+    def test_seeded_runs_and_resumed_runs_are_identical(
+        self, env: Environment, name: str, settings: dict[str, Any], family: str
+    ) -> None:
         super().test_seeded_runs_and_resumed_runs_are_identical(env, name, settings, family)
