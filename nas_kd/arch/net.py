@@ -63,19 +63,6 @@ class StudentNet(nn.Module):
         return self.forward_features(x)[0]
 
 
-def build_model(arch: Arch, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """Build the network a genome describes; ``input_shape`` is (channels, height, width)."""
-    if "torchvision" in arch and "quant" not in arch:
-        from nas_kd.arch.tv import build_torchvision
-
-        return build_torchvision(arch, input_shape, num_classes)
-    if "quant" in arch:  # imported here: brevitas adds seconds to every import of nas_kd otherwise
-        from nas_kd.arch.quant import build_quantized
-
-        return build_quantized(arch, input_shape, num_classes)
-    return build_fp_model(arch, input_shape, num_classes)
-
-
 def build_fp_model(arch: Arch, input_shape: tuple[int, int, int], num_classes: int) -> StudentNet:
     """The full-precision network of a family genome (a ``quant`` block, if any, is not applied here)."""
     family = arch["family"]
