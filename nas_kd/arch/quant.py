@@ -132,8 +132,15 @@ def quantized_layers(model: nn.Module) -> list[tuple[str, nn.Module, int]]:
 
 
 def packed_weight_bytes(model: nn.Module) -> dict[int, int]:
-    """``id(weight) -> bytes`` for quantized weights: packed at their bit width plus one scale per channel."""
-    return {
+    """``id(tensor) -> bytes`` where storage differs from torch's: quantized weights packed at their bit width
+    plus one scale per channel; brevitas' constant buffers (bit width, zero point 0, sentinels: the genome
+    fixes them) take none."""
+    constants = {
+        id(buffer): 0
+        for name, buffer in model.named_buffers()
+        if name.endswith(("_zero_hw_sentinel.value", "zero_point.value", "bit_width.value"))
+    }
+    return constants | {
         id(layer.weight): math.ceil(layer.weight.numel() * bits / 8) + layer.weight.shape[0] * SCALE_BYTES
         for _, layer, bits in quantized_layers(model)
     }
