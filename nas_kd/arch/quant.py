@@ -109,6 +109,9 @@ def _quantized_layer(layer: nn.Module, weight_bits: int, act_bits: int, signed: 
 def build_quantized(arch: Arch, input_shape: tuple[int, int, int], num_classes: int) -> StudentNet:
     """The full-precision network of ``arch`` with its convolutions and linear layers made quantization-aware."""
     check_quant(arch)
+    if torch.empty(0).device.type == "meta":  # brevitas cannot initialise on the meta device; these nets are tiny
+        with torch.device("cpu"):
+            return build_quantized(arch, input_shape, num_classes)
     model = build_fp_model(arch, input_shape, num_classes)
     signed = _signed_inputs(model, input_shape)
     quant = arch["quant"]
