@@ -224,7 +224,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"  input: {result.input}")
     if result.onnx_max_abs_diff is not None:
         print(
-            f"  model.onnx: input 'images' -> output 'logits' (N, classes), any batch size; onnxruntime vs PyTorch "
+            f"  model.onnx: input -> output 'logits' (N, classes), any batch size; onnxruntime vs PyTorch "
             f"max abs diff {result.onnx_max_abs_diff:.3g} (tolerance {result.onnx_tolerance:.3g})"
         )
     return 0
@@ -286,12 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("trial_id")
     p.add_argument("--out", required=True, help="destination folder")
     p.add_argument("--torchscript", action="store_true", help="also write a traced TorchScript file")
-    p.add_argument("--onnx", action="store_true", help="also write model.onnx, checked with onnxruntime")
+    p.add_argument(
+        "--onnx", action="store_true", help="also write model.onnx (int8 QCDQ if quantized), checked with onnxruntime"
+    )
     p = sub.add_parser("list", help="list distillers or datasets")
     p.add_argument("what", choices=["distillers", "datasets"])
     p.add_argument("--plugin", action="append", metavar="MODULE", help="import a plugin first (module or .py file)")
     p = sub.add_parser("bench", help="benchmarks that print ratios against a baseline measured in the same run")
-    p.add_argument("what", choices=["trainer", "distillers", "search", "gpu", "driver"])
+    p.add_argument("what", choices=["trainer", "distillers", "search", "driver", "gpu", "quant", "quant-latency"])
     p.add_argument("study", nargs="?", default=None, help="study file (default depends on the benchmark)")
     p.add_argument("--epochs", type=int, help="epochs per training run")
     p.add_argument("--repeats", type=int, default=3, help="timing repeats (trainer)")
@@ -299,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, help="student-epoch budget per arm (search)")
     p.add_argument("--trials", type=int, help="synthetic trials (driver; default 10000)")
     p.add_argument(
-        "--arms", help="comma-separated subset of arms (distillers, trainer; gpu: packed), e.g. ce,offline-response"
+        "--arms",
+        help="comma-separated subset of arms (distillers, trainer, quant; gpu: packed), e.g. ce,offline-response",
     )
     p.add_argument("--out", help="write the table as CSV/Markdown here too")
     p.add_argument(

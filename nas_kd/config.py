@@ -331,6 +331,7 @@ def study_from_dict(raw: Any, source: str | Path = "<study>", base: Path | None 
             load_space(study.search.space)
     except SpaceError as error:
         raise StudyError(source, f"search.space{error.where}", str(error)) from None
+    _check_quant(study, source)
     return study
 
 
@@ -344,6 +345,23 @@ def load_plugins(entries: Any, source: str | Path, base: Path) -> list[str]:
     except PluginError as error:
         raise StudyError(source, f"plugins.{error.index}", str(error)) from None
     return resolved
+
+
+def _check_quant(study: Study, source: str | Path) -> None:
+    """A genome's ``quant`` block (bit widths, family) is checked here, before anything trains."""
+    from nas_kd.arch.quant_spec import QuantError, check_quant
+
+    sources = [("teacher", study.teacher), *((f"teachers.{i}", t) for i, t in enumerate(study.teachers))]
+    for field, model_source in [*sources, ("student", study.student)]:
+        if model_source is None or model_source.torchvision is not None:
+            continue
+        arch = model_source.genome()
+        if "quant" in arch:
+            try:
+                check_quant(arch)
+            except QuantError as error:
+                prefix = f"{field}.arch" if model_source.arch is not None else f"{field}.arch_file"
+                raise StudyError(source, f"{prefix}{error.where}", str(error)) from None
 
 
 def _check_files(study: Study, source: str | Path, base: Path) -> None:

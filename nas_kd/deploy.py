@@ -54,6 +54,11 @@ def export_onnx(model: nn.Module, info: dict[str, Any], path: Path) -> None:
     model.json's preprocessing fields are copied into the ONNX metadata, so an ONNX-only user can read them
     (onnxruntime: ``session.get_modelmeta().custom_metadata_map``).
     """
+    if "quant" in info["arch"]:  # brevitas' QCDQ export: int8 weights with their scales (arch/quant.py)
+        from nas_kd.arch.quant import export_onnx as export_quantized  # brevitas: imported only when needed
+
+        export_quantized(model, tuple(info["input_shape"]), path)
+        return
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter's dependency; checked here for a clear message)
     except ImportError:

@@ -43,7 +43,8 @@ import pandas as pd
 TRIAL_COLUMNS = [
     "trial_id", "number", "status", "epochs", "max_epochs", "val_accuracy", "test_accuracy", "robust_accuracy",
     "params", "flops",
-    "model_bytes", "latency_ms", "distiller", "family", "arch", "arch_summary", "pareto", "error", "seconds",
+    "model_bytes", "latency_ms", "weight_bits", "act_bits", "distiller", "family", "arch", "arch_summary", "pareto",
+    "error", "seconds",
     "student_path",
 ]  # fmt: skip
 CURVE_COLUMNS = ["trial_id", "epoch", "val_accuracy", "train_loss", "seconds", "images_per_second"]

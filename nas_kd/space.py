@@ -10,6 +10,11 @@ A space file::
       depth: {low: 1, high: 2}
     per_stage:                        # optional: overrides for stage 0, 1, ...
       - channels: {choices: [8, 16]}
+    quant:                            # optional: quantized students (brevitas QAT; nas_kd.arch.quant)
+      weight_bits: {choices: [2, 4, 8, 32]}   # 32 = full precision (then no activation bits are drawn)
+      act_bits: {choices: [4, 8]}     # optional; default: the weight bits
+      first_last_bits: 8              # optional; default: max(8, bits) for the stem and the head
+      per_stage: false                # true: stage 0 uses the widths above, each later stage draws its own
 
 Values use the grammar of ``nas_kd.params``. Per-stage parameters exist only for stages that exist
 (conditional, define-by-run). A study may name several space files: the family is then searched too.
@@ -25,6 +30,7 @@ import numpy as np
 import optuna
 import yaml
 
+from nas_kd.arch.quant_spec import FULL_PRECISION, SUPPORTED_BITS
 from nas_kd.params import Fixed, IntRange, Param, ParamError, parse_param
 
 STAGE_KEYS: dict[str, tuple[str, ...]] = {
@@ -41,7 +47,11 @@ VALUE_CHECKS: dict[str, tuple[type, Any]] = {
     "se": (bool, lambda v: True),
     "stem": (int, lambda v: 1 <= v <= 4096),
     "stages": (int, lambda v: 1 <= v <= 8),
+    "weight_bits": (int, lambda v: v in SUPPORTED_BITS),
+    "act_bits": (int, lambda v: v in SUPPORTED_BITS),
+    "first_last_bits": (int, lambda v: v in SUPPORTED_BITS),
 }
+QUANT_SPACE_KEYS = ("weight_bits", "act_bits", "first_last_bits", "per_stage")
 
 
 class SpaceError(ValueError):
@@ -68,7 +78,81 @@ def _check(key: str, param: Param, where: str) -> None:
         if kind is bool and not isinstance(value, bool):
             raise SpaceError(where, f"{key} must be true or false, got {value!r}")
         if not ok(value):
+            if key in QUANT_SPACE_KEYS:
+                raise SpaceError(where, f"unsupported bit width {value!r}; brevitas backend: 2-8 or 32")
             raise SpaceError(where, f"{key} value {value!r} is out of range")
+
+
+@dataclass
+class QuantSpace:
+    """Bit widths drawn with the architecture; the genome's ``quant`` block (see ``nas_kd.arch.quant_spec``)."""
+
+    weight_bits: Param
+    act_bits: Param | None = None  # None: the weight bits
+    first_last_bits: Param | None = None  # None: the genome's default
+    per_stage: bool = False
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> QuantSpace:
+        if not isinstance(raw, dict):
+            raise SpaceError(".quant", "must be a mapping with weight_bits (act_bits, first_last_bits, per_stage)")
+        unknown = sorted(set(raw) - set(QUANT_SPACE_KEYS))
+        if unknown:
+            raise SpaceError(f".quant.{unknown[0]}", f"unknown field; allowed: {', '.join(QUANT_SPACE_KEYS)}")
+        if "weight_bits" not in raw:
+            where = ".quant.weight_bits"
+            raise SpaceError(where, "required field is missing" + (": act bits need weight bits" * ("act_bits" in raw)))
+        if not isinstance(raw.get("per_stage", False), bool):
+            raise SpaceError(".quant.per_stage", "must be true or false")
+        space = cls(
+            weight_bits=_parse(raw["weight_bits"], ".quant.weight_bits", "weight_bits"),
+            act_bits=_parse(raw["act_bits"], ".quant.act_bits", "act_bits") if "act_bits" in raw else None,
+            first_last_bits=(
+                _parse(raw["first_last_bits"], ".quant.first_last_bits", "first_last_bits")
+                if "first_last_bits" in raw
+                else None
+            ),
+            per_stage=raw.get("per_stage", False),
+        )
+        return space
+
+    def draw_bits(self, draw: Any, prefix: str) -> dict[str, int]:
+        """Weight bits, then activation bits unless the weights are full precision (conditional)."""
+        weight_bits = draw(f"{prefix}weight_bits", self.weight_bits)
+        if weight_bits == FULL_PRECISION:
+            return {"weight_bits": FULL_PRECISION, "act_bits": FULL_PRECISION}
+        act_bits = weight_bits if self.act_bits is None else draw(f"{prefix}act_bits", self.act_bits)
+        return {"weight_bits": weight_bits, "act_bits": act_bits}
+
+    def build(self, draw: Any, stages: int) -> dict[str, Any]:
+        quant: dict[str, Any] = self.draw_bits(draw, "quant.")
+        if self.first_last_bits is not None:
+            quant["first_last_bits"] = draw("quant.first_last_bits", self.first_last_bits)
+        if self.per_stage and stages > 1:
+            quant["stages"] = [{}] + [self.draw_bits(draw, f"s{i}.") for i in range(1, stages)]
+        return quant
+
+    def contains(self, quant: Any, stages: int) -> bool:
+        if not isinstance(quant, dict):
+            return False
+        per_stage = quant.get("stages", [])
+        if len(per_stage) != (stages if self.per_stage and stages > 1 else 0) or any(per_stage[:1]):
+            return False
+        pairs = [quant, *per_stage[1:]]
+        for pair in pairs:
+            weight_bits = pair.get("weight_bits")
+            if not self.weight_bits.contains(weight_bits):
+                return False
+            act_bits = pair.get("act_bits")
+            if weight_bits == FULL_PRECISION or self.act_bits is None:
+                if act_bits != weight_bits:
+                    return False
+            elif not self.act_bits.contains(act_bits):
+                return False
+        edge = quant.get("first_last_bits")
+        return (self.first_last_bits is None) == (edge is None) and (
+            edge is None or self.first_last_bits.contains(edge)
+        )
 
 
 @dataclass
@@ -80,12 +164,13 @@ class SearchSpace:
     stages: Param
     stage: dict[str, Param]
     per_stage: list[dict[str, Param]] = field(default_factory=list)
+    quant: QuantSpace | None = None
 
     @classmethod
     def from_dict(cls, raw: Any) -> SearchSpace:
         if not isinstance(raw, dict):
             raise SpaceError("", "a search space is a mapping with family, stem, stages, stage")
-        unknown = set(raw) - {"family", "stem", "stages", "stage", "per_stage", "description"}
+        unknown = set(raw) - {"family", "stem", "stages", "stage", "per_stage", "quant", "description"}
         if unknown:
             raise SpaceError(f".{sorted(unknown)[0]}", "unknown field")
         family = raw.get("family")
@@ -117,6 +202,7 @@ class SearchSpace:
             stages=_parse(raw.get("stages", 3), ".stages", "stages"),
             stage=stage,
             per_stage=per_stage,
+            quant=QuantSpace.from_dict(raw["quant"]) if "quant" in raw else None,
         )
 
     @classmethod
@@ -134,6 +220,8 @@ class SearchSpace:
         arch["stages"] = [
             {key: draw(f"s{i}.{key}", param) for key, param in self.stage_params(i).items()} for i in range(count)
         ]
+        if self.quant is not None:
+            arch["quant"] = self.quant.build(draw, count)
         return arch
 
     def suggest(self, trial: optuna.Trial, prefix: str = "") -> dict[str, Any]:
@@ -153,7 +241,9 @@ class SearchSpace:
             params = self.stage_params(i)
             if set(stage) != set(params) or not all(p.contains(stage[k]) for k, p in params.items()):
                 return False
-        return True
+        if self.quant is None:
+            return "quant" not in arch
+        return self.quant.contains(arch.get("quant"), len(stages))
 
 
 def _parse(value: Any, where: str, key: str) -> Param:

@@ -22,6 +22,10 @@ class Cost:
         return asdict(self)
 
 
+def _is_quantized(model: nn.Module) -> bool:
+    return any(hasattr(m, "weight_quant") for m in model.modules())
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -30,15 +34,23 @@ def count_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    # brevitas layers fail under no_grad inside FlopCounterMode's module tracker (a weight view without grad_fn)
+    grad = torch.enable_grad() if _is_quantized(model) else torch.no_grad()
+    with grad, FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, *input_shape, device=device))
     model.train(was_training)
     return int(counter.get_total_flops())
 
 
 def model_bytes(model: nn.Module) -> int:
+    """Parameters and buffers as stored; quantized weights packed at their bit width plus their scales."""
+    packed: dict[int, int] = {}
+    if _is_quantized(model):  # a brevitas network: import brevitas only then
+        from nas_kd.arch.quant import packed_weight_bytes
+
+        packed = packed_weight_bytes(model)
     tensors = [*model.parameters(), *model.buffers()]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(packed.get(id(t), t.numel() * t.element_size()) for t in tensors)
 
 
 def measure_latency_ms(

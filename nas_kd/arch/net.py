@@ -4,7 +4,8 @@ Genome::
 
     {"family": "resnet" | "cnn" | "mobilenet",
      "stem": 16,                                   # stem conv channels
-     "stages": [{"channels": 16, "depth": 2, ...}, ...]}   # family-specific keys: kernel, expand, se
+     "stages": [{"channels": 16, "depth": 2, ...}, ...],   # family-specific keys: kernel, expand, se
+     "quant": {"weight_bits": 4, "act_bits": 4}}   # optional: quantization-aware (see nas_kd.arch.quant)
 
 Stage 0 keeps the resolution; each later stage halves it (while the map is larger than 1x1).
 """
@@ -13,15 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
 
 import torch
 from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
 from nas_kd.arch.blocks import STAGE_BUILDERS
-
-Arch = dict[str, Any]
+from nas_kd.arch.quant_spec import Arch, bits_of
 
 
 def arch_hash(arch: Arch) -> str:
@@ -37,7 +36,9 @@ def arch_summary(arch: Arch) -> str:
         ((library, name),) = arch["wrap"].items()
         return f"{library} {arch_summary(name) if library == 'genome' else name}"
     stages = " ".join(f"{s['channels']}x{s['depth']}" for s in arch["stages"])
-    return f"{arch['family']} {arch.get('stem', '-')}|{stages}"
+    bits = bits_of(arch)
+    bits = f" w{bits['weight_bits']}a{bits['act_bits']}" if arch.get("quant") else ""
+    return f"{arch['family']} {arch.get('stem', '-')}|{stages}{bits}"
 
 
 class StudentNet(nn.Module):

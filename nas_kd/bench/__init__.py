@@ -19,6 +19,8 @@ BENCHMARKS = {
     "search": "nas_kd.bench.search",
     "gpu": "nas_kd.bench.gpu",
     "driver": "nas_kd.bench.driver",
+    "quant": "nas_kd.bench.quant",
+    "quant-latency": "nas_kd.bench.quant_latency",
 }
 
 

@@ -33,6 +33,7 @@ from typing import Any
 from ray import tune
 
 from nas_kd.arch import arch_summary
+from nas_kd.arch.quant_spec import bits_of
 from nas_kd.config import OBJECTIVES as SIZE_OBJECTIVES
 from nas_kd.results import (
     CURVE_COLUMNS,
@@ -209,6 +210,7 @@ class RunDirectory(tune.Callback):
                 "family": config["arch"].get("family", "torchvision"),
                 "arch": json.dumps(config["arch"], sort_keys=True),
                 "arch_summary": arch_summary(config["arch"]),
+                **bits_of(config["arch"]),
                 "pareto": False,
                 **{f"{config['distiller']}.{k}": v for k, v in config.get("settings", {}).items()},
             }
@@ -409,6 +411,7 @@ class RunDirectory(tune.Callback):
                     "trial_id": row["trial_id"],
                     "arch": json.loads(row["arch"]),
                     "arch_summary": row["arch_summary"],
+                    "bits": {k: row[k] for k in ("weight_bits", "act_bits") if k in row},
                     "distiller": distiller,
                     "settings": {k[len(prefix) :]: v for k, v in row.items() if k.startswith(prefix)},
                     "metrics": {k: row.get(k) for k in METRIC_KEYS if k in row},
