@@ -13,8 +13,11 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
 
+from nas_kd.arch.quant_spec import QuantError, check_quant
 from nas_kd.data import DATASETS, USER_SOURCES
+from nas_kd.distill import DistillerConfigError, parse_distiller_space
 from nas_kd.plugins import PluginError, import_plugins, resolve_plugins
+from nas_kd.space import SpaceError, load_space, load_space_spec
 
 OBJECTIVES = ("params", "flops", "model_bytes", "latency_ms")
 # Measured by training, maximised like val_accuracy: robust_accuracy needs the search.robust block.
@@ -275,8 +278,6 @@ class Study(Strict):
                 dumped.update(arch=source.genome(), arch_file=None)
         if self.student and self.student.arch_file:
             data["student"].update(arch=self.student.genome(), arch_file=None)
-        from nas_kd.space import load_space_spec
-
         if self.search.space is not None:
             data["search"]["space"] = load_space_spec(self.search.space)
         return data
@@ -319,8 +320,6 @@ def study_from_dict(raw: Any, source: str | Path = "<study>", base: Path | None 
         raise StudyError(source, _field_name(first["loc"]), message) from None
     study.path = str(source)
     _check_files(study, source, base)
-    from nas_kd.distill import DistillerConfigError, parse_distiller_space
-    from nas_kd.space import SpaceError, load_space
 
     try:
         parse_distiller_space(study.distiller)
@@ -349,8 +348,6 @@ def load_plugins(entries: Any, source: str | Path, base: Path) -> list[str]:
 
 def _check_quant(study: Study, source: str | Path) -> None:
     """A genome's ``quant`` block (bit widths, family) is checked here, before anything trains."""
-    from nas_kd.arch.quant_spec import QuantError, check_quant
-
     sources = [("teacher", study.teacher), *((f"teachers.{i}", t) for i, t in enumerate(study.teachers))]
     for field, model_source in [*sources, ("student", study.student)]:
         if model_source is None or model_source.torchvision is not None:

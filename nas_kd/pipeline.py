@@ -14,13 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas_kd.arch import Cost, build_model, measure
-from nas_kd.config import Study, StudyError, TrainConfig
+from nas_kd.arch import Cost, measure
+from nas_kd.config import Study, StudyError
 from nas_kd.data import DataError, Dataset, load_dataset
-from nas_kd.distill import DistillContext, HelperTrainer, Teacher, make_distiller, parse_distiller_space
+from nas_kd.distill import Teacher, parse_distiller_space
 from nas_kd.helper_models import study_helper_trainer
 from nas_kd.teachers import CachedModel, cache_root, prepare_teachers
-from nas_kd.train import EpochResult, Trainer, evaluate
+from nas_kd.train import EpochResult, Trainer, evaluate, make_trainer
 
 
 def resolve_device(prefer: str | None = None) -> torch.device:
@@ -67,29 +67,6 @@ class StudentResult:
     test_accuracy: float | None  # None when the data has no test split
     seconds_per_epoch: float
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def make_trainer(
-    arch: dict[str, Any],
-    data: Dataset,
-    cfg: TrainConfig,
-    seed: int,
-    augment: bool,
-    distiller: str = "ce",
-    settings: dict[str, Any] | None = None,
-    teachers: list[Teacher] | None = None,
-    train_helper: HelperTrainer | None = None,
-    cache_dir: Path | None = None,
-) -> Trainer:
-    """A fresh student of ``arch`` wrapped in ``distiller``, ready to train: students, teachers and
-    assistants are all built here."""
-    device = data.train.device
-    torch.manual_seed(seed)
-    student = build_model(arch, data.input_shape, data.num_classes).to(device)  # Trainer sets channels_last
-    context = DistillContext(
-        data, teachers or [], device, seed, augment, cfg.label_smoothing, arch, train_helper, cache_dir
-    )
-    return Trainer(make_distiller(distiller, settings or {}, student, context), data, cfg, seed, augment)
 
 
 def build_trainer(

@@ -31,6 +31,7 @@ from nas_kd.checkpoint import load_student, read_model_info, save_model_dir
 from nas_kd.config import Study, StudyError, TeacherConfig, TrainConfig
 from nas_kd.data import Dataset
 from nas_kd.distill import Teacher
+from nas_kd.train import evaluate, make_trainer
 
 
 def content_key(payload: dict[str, Any]) -> str:
@@ -133,7 +134,6 @@ def _logits(model: nn.Module, data: Dataset, batch_size: int = 1024) -> np.ndarr
 
 def accuracies(model: nn.Module, data: Dataset) -> dict[str, float | None]:
     """Validation and test accuracy; test is None when the data has no test split."""
-    from nas_kd.train import evaluate
 
     return {
         "val_accuracy": evaluate(model, data.val),
@@ -157,7 +157,6 @@ def train_plain(
 
     With ``resume_dir`` the whole trainer state is saved there after every epoch and training continues from
     it if it is there already (a driver killed while a teacher trains loses at most one epoch)."""
-    from nas_kd.pipeline import make_trainer  # pipeline builds on this module
 
     trainer = make_trainer(arch, data, cfg, seed, augment_data, distiller, settings, teachers)
     state_file = resume_dir / "trainer.pt" if resume_dir is not None else None

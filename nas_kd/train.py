@@ -1,4 +1,4 @@
-"""The one training loop: every student, teacher and assistant is trained here.
+"""The one training loop: every student, teacher and assistant is trained here (``make_trainer`` builds one).
 
 Data is already on the device; a batch is an index slice; the distiller returns named losses.
 The whole state (model, optimizer, schedule, RNG, epoch) can be saved and restored mid-way.
@@ -10,12 +10,16 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from nas_kd.arch import build_model
 from nas_kd.config import TrainConfig
 from nas_kd.data import Dataset, Split, augment, batches
+from nas_kd.distill import DistillContext, HelperTrainer, Teacher, make_distiller
 
 # Every network trains and runs in channels_last (NHWC): on CPU it selects oneDNN's faster convolutions
 # (1.5x on the Fashion-MNIST student, docs/benchmarks.md), on GPU it is what tensor cores want.
@@ -175,3 +179,26 @@ class Trainer:
         self.schedule.load_state_dict(state["schedule"])
         self.generator.set_state(state["generator"])
         self.epoch = int(state["epoch"])
+
+
+def make_trainer(
+    arch: dict[str, Any],
+    data: Dataset,
+    cfg: TrainConfig,
+    seed: int,
+    augment: bool,
+    distiller: str = "ce",
+    settings: dict[str, Any] | None = None,
+    teachers: list[Teacher] | None = None,
+    train_helper: HelperTrainer | None = None,
+    cache_dir: Path | None = None,
+) -> Trainer:
+    """A fresh student of ``arch`` wrapped in ``distiller``, ready to train: students, teachers and
+    assistants are all built here."""
+    device = data.train.device
+    torch.manual_seed(seed)
+    student = build_model(arch, data.input_shape, data.num_classes).to(device)  # Trainer sets channels_last
+    context = DistillContext(
+        data, teachers or [], device, seed, augment, cfg.label_smoothing, arch, train_helper, cache_dir
+    )
+    return Trainer(make_distiller(distiller, settings or {}, student, context), data, cfg, seed, augment)
