@@ -89,7 +89,7 @@ class TrainConfig(Strict):
     epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(128, ge=1, le=65_536)
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0, le=100)
+    lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
@@ -218,6 +218,9 @@ class SearchConfig(Strict):
     constraints: dict[Literal["max_params", "max_flops", "max_model_bytes", "max_latency_ms"], PositiveFloat] = Field(
         default_factory=dict
     )
+    # A trial checkpoints at most this often (and always at scheduler rungs and at its last epoch), so short
+    # epochs do not pay for a checkpoint each; a killed driver loses at most this much of a trial's work.
+    checkpoint_seconds: float = Field(30.0, ge=0)
     robust: RobustConfig | None = None
 
     @field_validator("objectives")

@@ -32,7 +32,8 @@ def build_on_meta(
     (a meta forward costs ~0.1 s of Python dispatch; the space's families chain their shapes by construction).
     Raises ValueError with the builder's reason."""
     try:
-        with torch.device("meta"):
+        # brevitas' quantizers read their scales while they are built, which the meta device cannot give.
+        with torch.device("cpu" if "quant" in arch else "meta"):
             model = build_model(arch, input_shape, classes)
             if forward:
                 model(torch.empty(1, *input_shape))  # shapes must chain: too many stages for the image fail here

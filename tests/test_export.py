@@ -53,7 +53,7 @@ def test_onnx_export_of_every_family_matches_pytorch(tmp_path: Path, capsys: pyt
         out = tmp_path / f"export-{family}"
         assert main(["export", str(run_dir), family, "--out", str(out), "--onnx"]) == 0, family
         printed = capsys.readouterr().out
-        assert "onnxruntime vs PyTorch max abs diff" in printed and "input 'images'" in printed
+        assert "onnxruntime vs PyTorch max abs diff" in printed and "output 'logits'" in printed
         assert f"mean {MEAN}, std {STD}" in printed
         assert json.loads((out / "model.json").read_text())["class_names"] == CLASSES  # model.json travels along
 

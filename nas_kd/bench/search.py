@@ -44,9 +44,7 @@ from nas_kd.search.schedulers import rung_milestones
 
 DEFAULT_STUDY = "studies/quickstart.yaml"
 SETUP_COLUMNS = ("study", "budget", "epochs", "device")
-RUN_COLUMNS = (
-    "arm", "seed", "hypervolume", "student_epochs", "trials", "complete", "failed", "wall_seconds", "slot_use",
-)  # fmt: skip
+RUN_COLUMNS = ("arm", "seed", "hypervolume", "student_epochs", "trials", "complete", "failed", "wall_seconds")
 
 
 @dataclass(frozen=True)
@@ -221,7 +219,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
                 "student-epochs": f"{group['student_epochs'].mean():.0f}",
                 "complete trials": f"{group['complete'].mean():.1f}",
                 "wall s": mean_std(group["wall_seconds"], 0),
-                "slot use": f"{group['slot_use'].mean():.0%}" if "slot_use" in group else "-",
+                "slot use": f"{group['slot_use'].mean():.0%}" if "slot_use" in group else "-",  # newer runs record it
             }
         )
     return pd.DataFrame(rows)

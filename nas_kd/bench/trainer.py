@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from nas_kd.arch import arch_summary, build_model
 from nas_kd.bench import BenchError
 from nas_kd.config import Study, load_study, parse_override
-from nas_kd.data import Dataset, Split, batches
+from nas_kd.data import Dataset, batches
 from nas_kd.distill import Teacher
 from nas_kd.pipeline import build_trainer, ready_teachers, resolve_device, study_data
 from nas_kd.train import autocast, epoch_size, make_optimizer, make_schedule
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     arch = study.student.genome()
     # Each trainer epoch ends with a validation pass, which is not timed: a slice of the split is enough.
-    data = replace(data, val=Split(data.val.x[:VALIDATION_IMAGES], data.val.y[:VALIDATION_IMAGES]))
+    data = replace(data, val=data.val.subset(slice(0, VALIDATION_IMAGES)))
     builders: dict[str, Callable[[], Callable[[], float]]] = {
         "minimal": lambda: minimal_loop(study, data, arch, study.seed),
         "tuned": lambda: trainer_arm(study, data, [], arch, "ce"),

@@ -95,6 +95,13 @@ class TermSettings:
         return with_term_settings(self.base)
 
 
+def embedding_width(model: nn.Module) -> int:
+    """Width of the pooled embedding ``forward_features`` returns: the classifier's input, or for a wrapped
+    network (arch/external.py), which pools its last stage, that stage's channels."""
+    head = getattr(model, "head", None)
+    return head.in_features if isinstance(head, nn.Linear) else model.stage_channels[-1]
+
+
 class Knowledge(nn.Module):
     """Computes the weighted terms of the knowledge settings (cross-entropy included) for one teacher.
 
@@ -146,7 +153,7 @@ class Knowledge(nn.Module):
             student.stage_channels,
             teacher.stage_channels,
             student.head.out_features,
-            (student.head.in_features, teacher.head.in_features),
+            (embedding_width(student), embedding_width(teacher)),
             train_labels,
             seed,
         )

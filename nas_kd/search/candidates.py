@@ -1,6 +1,6 @@
 """What the searcher checks about a sampled candidate before Tune trains it.
 
-- ``candidate_key``: a candidate is its architecture, distiller, settings and seed; two equal keys train the
+- ``candidate_key``: a candidate is its config (architecture, distiller, settings, seed); two equal keys train the
   same student (training is deterministic for a seed), so a repeat is answered from the first, not trained.
 - ``SizeCheck``: the constraints that need no training (``max_params``, ``max_model_bytes``) are checked on
   the meta device, so a candidate over them is rejected before it takes a trial of the budget. ``max_flops``
@@ -16,10 +16,9 @@ from nas_kd.preflight import META_COSTS, build_on_meta
 
 
 def candidate_key(config: dict[str, Any]) -> str:
-    """Identity of a sampled candidate: everything that fixes the trained student."""
-    return json.dumps(
-        {k: config.get(k) for k in ("arch", "distiller", "settings", "seed")}, sort_keys=True, default=str
-    )
+    """Identity of a sampled candidate: its whole config (architecture, distiller, settings, seed) but the
+    Optuna trial number, which differs between repeats."""
+    return json.dumps({k: v for k, v in config.items() if k != "optuna_number"}, sort_keys=True, default=str)
 
 
 class SizeCheck:

@@ -112,9 +112,11 @@ class PruningAwareOptunaSearch(OptunaSearch):
         return self._outcomes
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        for _ in range(MAX_REDRAWS):
+        for draw in range(MAX_REDRAWS):
             config = super().suggest(trial_id)
-            if not isinstance(config, dict):
+            if not isinstance(config, dict) or draw == MAX_REDRAWS - 1:
+                if draw == MAX_REDRAWS - 1:
+                    logger.warning("no new feasible candidate in %d draws: training this one", MAX_REDRAWS)
                 return config
             ot_trial = self._ot_trials[trial_id]
             key = candidate_key(config)
@@ -132,8 +134,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
             else:
                 self._outcome(ot_trial, {EPOCH: 0, REJECTED: reason, **costs}, error=False)
                 self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-        logger.warning("no new feasible candidate in %d draws: training a repeat", MAX_REDRAWS)
-        return config
+        raise AssertionError("unreachable: the last draw returns")
 
     @property
     def metrics(self) -> list[str]:

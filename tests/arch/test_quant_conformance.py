@@ -8,13 +8,20 @@ from typing import Any
 import pytest
 
 from nas_kd.testing import pytest_distillers
-from nas_kd.testing.pytest_distillers import DistillerConformance, Environment
+from nas_kd.testing.pytest_distillers import DistillerConformance, Environment, cases
 
 QUANT = {"weight_bits": 4, "act_bits": 4}
 
 
 @pytest.mark.slow
 class TestDistillersWithQuantizedStudents(DistillerConformance):
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        # Every distiller at its defaults on the cnn family: quantized layers are the same in every family (the
+        # families' own conformance runs in full precision), and brevitas makes each case several times slower.
+        if {"name", "settings", "family"} <= set(metafunc.fixturenames):
+            quantized = [case for case in cases(self.distillers, {}) if case.values[2] == "cnn"]
+            metafunc.parametrize(("name", "settings", "family"), quantized)
+
     @pytest.fixture(autouse=True)
     def _quantized_students(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         """The suite builds its students from ``STUDENTS``: give every family its 4-bit version."""
