@@ -132,15 +132,17 @@ def test_nan_loss_fails_the_trial_not_the_study(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "quickstart" / "run.json").read_text())["state"] == "finished"
 
 
-def test_constraint_rejects_before_training(tmp_path: Path) -> None:
+def test_size_constraint_rejects_before_a_trial(tmp_path: Path) -> None:
+    """Candidates over max_params never reach Tune: the study trains the 6 students it asked for, all within
+    the constraint, and Optuna is told the rejected ones (PRUNED, with their constraint values)."""
     search(tmp_path, **{"search.constraints": {"max_params": 60000}, "search.trials": 6})
     trials = pd.read_csv(tmp_path / "quickstart" / "trials.csv")
-    rejected = trials[trials["status"] == "REJECTED"]
-    assert (trials["params"] > 60000).eq(trials["status"] == "REJECTED").all()
-    assert (rejected["epochs"] == 0).all() and rejected["error"].str.contains("max_params").all()
-    assert not os.path.exists(tmp_path / "quickstart" / "curves.csv") or not set(rejected["trial_id"]) & set(
-        pd.read_csv(tmp_path / "quickstart" / "curves.csv")["trial_id"]
-    )
+    assert len(trials) == 6 and (trials["status"] == "COMPLETE").all() and (trials["params"] <= 60000).all()
+    run = json.loads((tmp_path / "quickstart" / "run.json").read_text())
+    stored = optuna.load_study(study_name=run["study_name"], storage=run["storage"]).trials
+    rejected = [t for t in stored if t.user_attrs.get("untrained") == "over size constraint"]
+    assert run["answered_without_training"]["rejected"] == len(rejected)
+    assert all(t.state == optuna.trial.TrialState.PRUNED and t.constraints["params"] > 0 for t in rejected)
 
 
 EPOCHS = 16  # long enough trials to be caught mid-way
