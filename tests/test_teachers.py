@@ -16,6 +16,7 @@ from nas_kd.train import Trainer
 from tests.conftest import small_study
 
 
+@pytest.mark.slow  # trains a teacher
 def test_cached_teacher_is_not_retrained(tmp_path: Path) -> None:
     study = small_study(tmp_path)
     data = study_data(study, torch.device("cpu"))
@@ -33,6 +34,7 @@ def test_cached_teacher_is_not_retrained(tmp_path: Path) -> None:
     assert prepare_teachers(other, data, messages.append)[0].path != first.path
 
 
+@pytest.mark.slow  # trains a teacher
 def test_teacher_training_logs_each_epoch_as_it_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A long teacher or assistant shows progress while it trains, not all at once when it is done."""
     events: list[str] = []
@@ -55,6 +57,7 @@ def _prepare(runs_dir: str, out: str) -> None:
     Path(out).write_text("\n".join(logs))
 
 
+@pytest.mark.slow  # two processes train a teacher
 def test_two_processes_train_the_teacher_once(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_prepare, args=(str(tmp_path), str(tmp_path / f"log{i}"))) for i in range(2)]

@@ -25,9 +25,12 @@ ARGS = [
 ]  # fmt: skip
 WIDTH = 1280
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
+    ),
+]  # a browser per figure: seconds each
 
 ALL_RENDERED = """() => [...document.querySelectorAll('.plotly-graph-div')]
     .every(div => div.querySelector('.main-svg'))"""

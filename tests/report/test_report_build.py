@@ -102,6 +102,7 @@ def test_png_without_a_browser_says_how_to_install(
     assert not (tmp_path / "r.html").exists() and not (tmp_path / "png").exists()
 
 
+@pytest.mark.slow  # starts a browser
 @pytest.mark.skipif(html.find_browser() is None, reason="kaleido needs Chrome/Chromium (apt-get install chromium)")
 def test_png_export_one_file_per_figure(tmp_path: Path) -> None:
     run = tmp_path / "small"
