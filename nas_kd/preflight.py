@@ -17,7 +17,7 @@ import torch
 from nas_kd.arch import build_model, count_params, model_bytes
 from nas_kd.config import Study, StudyError, TeacherConfig
 from nas_kd.data import Dataset
-from nas_kd.distill import parse_distiller_space
+from nas_kd.distill import DISTILLERS, parse_distiller_space
 from nas_kd.space import load_space
 from nas_kd.teachers import check_teachers
 
@@ -60,9 +60,12 @@ def check_study(study: Study, data: Dataset) -> None:
         except ValueError as error:
             key = "torchvision" if model_source.torchvision else "arch_file" if model_source.arch_file else "arch"
             raise StudyError(source, f"{field}.{key}", str(error)) from None
-    check_teachers(study, data)  # every teacher built for real: weights loaded, outputs matched to the classes
-    if parse_distiller_space(study.distiller).needs_teacher and not study.all_teachers():
-        raise StudyError(source, "teacher", "the distiller needs a teacher; add a teacher block")
+    teachers = check_teachers(study, data)  # built for real: weights loaded, outputs matched to the classes
+    for name in parse_distiller_space(study.distiller).names:
+        try:
+            DISTILLERS[name].check_teachers(teachers)
+        except ValueError as error:
+            raise StudyError(source, "teacher", str(error)) from None
     if study.search.space is not None:
         _check_space(study, source, input_shape, classes)
 

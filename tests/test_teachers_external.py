@@ -18,6 +18,7 @@ from nas_kd.arch.external import ModelSourceError, TeacherNet, WeightsError, loa
 from nas_kd.cli import main
 from nas_kd.config import StudyError, load_study
 from nas_kd.pipeline import check_data
+from nas_kd.preflight import check_study
 from nas_kd.teachers import check_teachers, prepare_teachers
 from nas_kd.testing.digits_folder import write_digits_folder
 
@@ -209,6 +210,21 @@ def test_own_module_teacher_gets_feature_nodes_by_default(
     )
     (model,) = check_teachers(study, check_data(study))
     assert model.feature_nodes == ["1", "3"] and model.stage_channels == [4, 8]
+
+
+def test_validate_refuses_a_data_free_study_whose_teacher_has_no_batch_norm(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "my_models.py").write_text(textwrap.dedent(FACTORY))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from my_models import tiny  # type: ignore[import-not-found]
+
+    save_file(tiny(10).state_dict(), tmp_path / "tiny.safetensors")
+    teacher = {"python": "my_models:tiny", "weights": str(tmp_path / "tiny.safetensors")}
+    study = load_study(write_study(tmp_path, folder, teacher, distiller="data_free"))
+    with pytest.raises(StudyError) as info:
+        check_study(study, check_data(study))
+    assert info.value.field == "teacher" and "no batch-norm layers" in info.value.message
 
 
 @pytest.mark.slow

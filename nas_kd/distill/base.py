@@ -111,13 +111,19 @@ class Distiller(nn.Module):
 
     def __init__(self, student: nn.Module, settings: BaseModel, context: DistillContext):
         super().__init__()
-        if self.requires_teacher and not context.teachers:
-            raise ValueError(f"distiller {self.name!r} needs a teacher: add a teacher to the study")
+        self.check_teachers([t.model for t in context.teachers])
         self.student = student
         self.settings = settings
         self.context = context
         self.cross_entropy = nn.CrossEntropyLoss(label_smoothing=context.label_smoothing)
         self.epoch, self.epochs = 0, 1  # set by on_epoch_start
+
+    @classmethod
+    def check_teachers(cls, teachers: list[nn.Module]) -> None:
+        """Raise ValueError if these teacher networks cannot serve this distiller (e.g. a property of the
+        model it relies on). ``nas-kd validate`` calls it with the study's teachers before a run starts."""
+        if cls.requires_teacher and not teachers:
+            raise ValueError(f"distiller {cls.name!r} needs a teacher: add a teacher to the study")
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         """Called by the trainer before every epoch (``epoch`` 0-based, of ``epochs``). Passes it on to every

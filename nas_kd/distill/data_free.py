@@ -136,15 +136,19 @@ class DataFree(Distiller):
         super().__init__(student, settings, context)
         assert isinstance(settings, DataFreeSettings)
         self.teacher = context.teachers[0]
-        if not batch_norms(self.teacher.model):
-            raise ValueError(
-                f"distiller {self.name!r} inverts the teacher's batch-norm statistics, and teacher "
-                f"{self.teacher.name!r} has no batch-norm layers"
-            )
         # Not buffers: a pure function of the teacher and the settings, not of training, so not checkpointed.
         self.images = synthetic_images(context, self.teacher.model, settings)
         with torch.no_grad():
             self.teacher_logits = torch.cat([self.teacher.model(b).float() for b in self.images.split(1024)])
+
+    @classmethod
+    def check_teachers(cls, teachers: list[nn.Module]) -> None:
+        super().check_teachers(teachers)
+        if not batch_norms(teachers[0]):
+            raise ValueError(
+                f"distiller {cls.name!r} inverts the teacher's batch-norm statistics, and the teacher has no "
+                "batch-norm layers"
+            )
 
     @property
     def learns_from_teacher(self) -> bool:
