@@ -117,6 +117,12 @@ def _accuracy_range(values: Sequence[float]) -> tuple[list[float], float]:
 
 # ---------------------------------------------------------------- Pareto front
 
+ACCURACY_AXES = {
+    "val_accuracy": "validation accuracy",
+    "test_accuracy": "test accuracy",
+    "robust_accuracy": "robust accuracy",
+}
+
 
 def pareto_figure(
     trials: pd.DataFrame,
@@ -126,20 +132,35 @@ def pareto_figure(
     teachers: pd.DataFrame,
 ) -> go.Figure:
     """Accuracy against the size objective(s), log axes. Two objectives: validation | test panels with
-    the non-dominated step line. Three: pairwise panels (accuracy against each size, size against size)."""
+    the non-dominated step line. Three: pairwise panels (accuracy against each size, size against size; with
+    robust accuracy: each accuracy against the size, and robust against validation accuracy)."""
     title = "Pareto front: accuracy against size"
-    sizes = list(objectives[1:])
+    sizes = [o for o in objectives[1:] if o in d.SIZE_LABELS] or ["params"]
+    scores = [o for o in objectives[1:] if o in d.SCORE_LABELS]
     if trials.empty:
         return empty_figure(title, "No trials yet: the front appears once trials report.")
     accuracy = [*trials["val_accuracy"], *trials["test_accuracy"], *teachers.get("val_accuracy", [])]
-    accuracy += list(teachers.get("test_accuracy", []))
+    accuracy += [*teachers.get("test_accuracy", []), *(v for score in scores for v in trials[score])]
     y_range, floor = _accuracy_range(accuracy)
-    if len(sizes) == 1:
+    size = sizes[0]
+    if scores:
+        score = scores[0]
+        fig = make_subplots(
+            rows=2, cols=2, horizontal_spacing=0.09, vertical_spacing=0.14,
+            subplot_titles=(
+                f"validation accuracy vs {d.SIZE_NAMES[size]}", f"test accuracy vs {d.SIZE_NAMES[size]}",
+                f"{ACCURACY_AXES[score]} vs {d.SIZE_NAMES[size]}", f"{ACCURACY_AXES[score]} vs validation accuracy",
+            ),
+        )  # fmt: skip
+        panels = [(1, 1, size, "val_accuracy"), (1, 2, size, "test_accuracy"), (2, 1, size, score)]
+        panels.append((2, 2, "val_accuracy", score))
+        height = 860
+    elif len(sizes) == 1:
         fig = make_subplots(
             rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
             subplot_titles=("validation accuracy (selects the front)", "test accuracy (reported only)"),
         )  # fmt: skip
-        panels = [(1, 1, sizes[0], "val_accuracy"), (1, 2, sizes[0], "test_accuracy")]
+        panels = [(1, 1, size, "val_accuracy"), (1, 2, size, "test_accuracy")]
         height = 540
     else:
         fig = make_subplots(
@@ -156,21 +177,23 @@ def pareto_figure(
             (2, 2, sizes[0], sizes[1]),
         ]
         height = 860
+    two_objectives = len(objectives) == 2 and not scores
     for index, (row, col, x, y) in enumerate(panels):
-        is_accuracy = y in d.ACCURACY_COLUMNS
         x_values = [*trials[x], *teachers.get(x, [])]
         floor_y = floor if y == "val_accuracy" else None  # no-accuracy trials once, on the validation panel
         _scatter_panel(fig, row, col, trials, category, hover, x, y, floor_y, index == 0)
-        if is_accuracy:
+        if x in d.ACCURACY_COLUMNS:  # accuracy against accuracy: linear percent axes, no size references
+            fig.update_xaxes(range=y_range, title_text=f"{ACCURACY_AXES[x]} (%)", row=row, col=col)
+            fig.update_yaxes(range=y_range, title_text=f"{ACCURACY_AXES[y]} (%)", row=row, col=col)
+            continue
+        if y in d.ACCURACY_COLUMNS:
             x_range = _log_range(x_values)
-            if len(sizes) == 1:
+            if two_objectives:
                 _step(fig, row, col, trials[category == d.PARETO], x, y, x_range, first=index == 0)
             _references(fig, row, col, teachers, x, y, x_range, first=index == 0)
             fig.update_yaxes(range=y_range, row=row, col=col)
-            if col == 1 or len(sizes) > 1:
-                fig.update_yaxes(
-                    title_text=f"{'test' if y == 'test_accuracy' else 'validation'} accuracy (%)", row=row, col=col
-                )
+            if col == 1 or not two_objectives:
+                fig.update_yaxes(title_text=f"{ACCURACY_AXES[y]} (%)", row=row, col=col)
         else:
             fig.update_yaxes(**_log_axis(trials[y], f"{d.SIZE_LABELS[y]}, log scale"), row=row, col=col)
         fig.update_xaxes(**_log_axis(x_values, f"{d.SIZE_LABELS[x]}, log scale"), row=row, col=col)

@@ -54,8 +54,8 @@ class RunData:
 
     @property
     def size(self) -> str:
-        """The size objective on the main x axis: the first one after val_accuracy."""
-        return self.objectives[1]
+        """The size on the main x axis: the first size objective, else params (always measured)."""
+        return next((o for o in self.objectives if o in d.SIZE_LABELS), "params")
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -72,10 +72,13 @@ def load_run(run_dir: str | Path) -> RunData:
     objectives = list(info.get("objectives") or pareto.get("objectives") or DEFAULT_OBJECTIVES)
     directions = list(info.get("directions") or default_directions(objectives))
     if len(directions) != len(objectives) or objectives[0] != "val_accuracy" or not 2 <= len(objectives) <= 3:
-        raise ReportError(f"{path / 'run.json'}: objectives must be val_accuracy and one or two sizes, with directions")
-    unknown = [o for o in objectives[1:] if o not in d.SIZE_LABELS]
+        raise ReportError(
+            f"{path / 'run.json'}: objectives must be val_accuracy and one or two others, with directions"
+        )
+    known = [*d.SIZE_LABELS, *d.SCORE_LABELS]
+    unknown = [o for o in objectives[1:] if o not in known]
     if unknown:
-        raise ReportError(f"{path / 'run.json'}: unknown objective {unknown[0]!r}; one of {', '.join(d.SIZE_LABELS)}")
+        raise ReportError(f"{path / 'run.json'}: unknown objective {unknown[0]!r}; one of {', '.join(known)}")
 
     trials = d.normalise_trials(_csv(path / "trials.csv", list(d.TRIAL_COLUMNS)))
     curves = _csv(path / "curves.csv", CURVE_COLUMNS)
@@ -129,7 +132,7 @@ def _teachers(path: Path) -> pd.DataFrame:
     if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
         raise ReportError(f"{path}: must hold a JSON list of teacher objects")
     teachers = pd.DataFrame(raw)
-    for column in TEACHER_COLUMNS:
+    for column in dict.fromkeys([*TEACHER_COLUMNS, *d.ACCURACY_COLUMNS]):
         if column not in teachers:
             teachers[column] = float("nan") if column in ("params", "flops", *d.ACCURACY_COLUMNS) else ""
     for column in ("params", "flops", *d.ACCURACY_COLUMNS):

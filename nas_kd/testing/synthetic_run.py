@@ -89,6 +89,7 @@ class EpochResults:
     test_gap: float
     sizes: dict[str, Any]
     number: int
+    robust: bool = False  # report robust_accuracy: measured at the last epoch only, NaN before (as trials do)
 
     def __len__(self) -> int:
         return self.epochs
@@ -105,6 +106,9 @@ class EpochResults:
         }
         if epoch == self.max_epochs:
             result["test_accuracy"] = result["val_accuracy"] + self.test_gap
+        if self.robust:
+            last = epoch == self.max_epochs
+            result["robust_accuracy"] = result["val_accuracy"] * (0.5 + self.test_gap) if last else math.nan
         return result
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -196,7 +200,8 @@ def plan_trials(spec: RunSpec, workdir: Path) -> list[TrialPlan]:
         if status == "REJECTED":  # the trainable measures the student and reports it over the limit
             results: Any = [{"epoch": 0, "rejected": "max_params", **{k: v * 40 for k, v in sizes.items()}}]
         else:
-            results = EpochResults(max(epochs, 1), spec.max_epochs, final, test_gap, sizes, number)
+            robust = "robust_accuracy" in spec.objectives
+            results = EpochResults(max(epochs, 1), spec.max_epochs, final, test_gap, sizes, number, robust)
         config = {
             "arch": arch,
             "distiller": distiller,

@@ -28,6 +28,8 @@ SPECS = {
     "three": RunSpec(
         40, state="running", objectives=("val_accuracy", "params", "latency_ms"), distillers=("offline",), running=2
     ),
+    # robust accuracy as the second objective (the size axis falls back to params)
+    "robust": RunSpec(20, objectives=("val_accuracy", "robust_accuracy"), distillers=("adversarial",)),
     # a ce-only study without a teacher
     "no_teacher": RunSpec(8, distillers=("ce",), teachers=False),
 }

@@ -23,7 +23,7 @@ def figure_ids(text: str) -> list[str]:
     return re.findall(r'<div id="fig-([a-z]+)" class="plotly-graph-div"', text)
 
 
-@pytest.mark.parametrize("name", ["empty", "bare", "one", "many", "three", "no_teacher"])
+@pytest.mark.parametrize("name", ["empty", "bare", "one", "many", "three", "robust", "no_teacher"])
 def test_report_builds_for_every_state(reports: dict[str, Path], run_dirs: dict[str, Path], name: str) -> None:
     path = reports[name]
     assert path == run_dirs[name] / "report.html"
@@ -54,6 +54,15 @@ def test_states_and_empty_messages(reports: dict[str, Path]) -> None:
     three = page_text(reports["three"])
     assert "No ce arm in this study" in three
     assert "latency vs params" in three  # pairwise panels for three objectives
+
+
+def test_robust_accuracy_as_an_objective(reports: dict[str, Path], run_dirs: dict[str, Path]) -> None:
+    run = load_run(run_dirs["robust"])
+    assert run.size == "params"  # no size objective: accuracy is drawn against params
+    front = run.trials[run.category == "Pareto front"]
+    assert front["robust_accuracy"].between(1, 100).all()  # in percent, like every accuracy of the report
+    text = page_text(reports["robust"])
+    assert "robust accuracy vs validation accuracy" in text and "robust acc: " in text
 
 
 def test_importances_from_the_optuna_study(run_dirs: dict[str, Path]) -> None:
