@@ -70,6 +70,12 @@ def checkpoint_epochs(study: Study) -> set[int]:
     return {*rungs, epochs}
 
 
+def with_every_objective(metrics: dict[str, Any], study: Study) -> dict[str, Any]:
+    """``metrics`` plus NaN for each objective not measured in it: Tune wants every objective in every result,
+    and robust accuracy (a PGD attack on the validation split) is measured only where objectives are read."""
+    return {**dict.fromkeys(study.search.objectives, float("nan")), **metrics}
+
+
 def train_trial(config: dict[str, Any], study: dict[str, Any], teachers: list[dict[str, Any]]) -> None:
     """Tune function trainable. ``config`` holds ``arch``, ``distiller``, ``settings``, ``seed``."""
     import_plugins(study.get("plugins", []))  # before anything is built: a plugin may provide the distiller
@@ -94,7 +100,8 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], teachers: list[di
     cost = {k: v for k, v in measure(probe, data.input_shape, latency=needs_latency).as_dict().items() if v is not None}
     broken = constraint_violations(study_obj, cost)
     if broken:  # rejected before any training: no compute spent
-        tune.report({"epoch": 0, "max_epochs": max_epochs, "val_accuracy": 0.0, "rejected": "; ".join(broken), **cost})
+        rejection = {"epoch": 0, "max_epochs": max_epochs, "val_accuracy": 0.0, "rejected": "; ".join(broken), **cost}
+        tune.report(with_every_objective(rejection, study_obj))
         return
 
     trainer = build_trainer(study_obj, data, teacher_objs, arch, distiller, settings, seed)
@@ -122,6 +129,7 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], teachers: list[di
         }
         if result.epoch in must_checkpoint:  # PGD on the validation split is costly: where objectives are read
             metrics.update(robust_metrics(trainer.distiller.export_student(), data, study_obj.search.robust))
+        metrics = with_every_objective(metrics, study_obj)
         due = time.monotonic() - last_checkpoint >= study_obj.search.checkpoint_seconds
         if not due and result.epoch not in must_checkpoint:
             tune.report(metrics)

@@ -2,16 +2,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
 from nas_kd.arch import build_model
 from nas_kd.cli import main
-from nas_kd.search.runner import run_study
 from nas_kd.testing.pytest_distillers import STUDENTS, Environment
 from nas_kd.views import parse_view, parse_view_text
-from tests.conftest import QUICKSTART
 from tests.test_config import write
 
 
@@ -52,18 +49,3 @@ def test_unknown_views_are_one_line_exit_2(tmp_path: Path, capsys: pytest.Captur
         + ", ".join(sorted(["resize", "channels", "grayscale", "center_crop"]))
         + " (got 'resize:4x4,blur')"
     )
-
-
-@pytest.mark.slow
-def test_a_search_with_a_full_view_teacher_and_a_thumbnail_student(tmp_path: Path) -> None:
-    run_study(
-        QUICKSTART, runs_dir=tmp_path, cpus=2, dashboard=False, log=lambda _: None,
-        **{
-            "train.epochs": 2, "teacher.train.epochs": 3, "search.trials": 2, "search.max_concurrent": 2,
-            "distiller": {"name": "cross_view", "student_view": "resize:4x4"},
-        },
-    )  # fmt: skip
-    trials = pd.read_csv(tmp_path / "quickstart" / "trials.csv")
-    assert len(trials) == 2 and (trials["status"] == "COMPLETE").all()
-    assert (trials["distiller"] == "cross_view").all() and (trials["cross_view.student_view"] == "resize:4x4").all()
-    assert (trials["test_accuracy"] > 0.3).all()
