@@ -80,8 +80,8 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1024) -> float:
     was_training = model.training
     model.eval()
     correct = 0
-    with autocast(split.x.device):
-        for index in batches(len(split), batch_size, None, split.x.device):
+    with autocast(split.device):
+        for index in batches(len(split), batch_size, None, split.device):
             correct += (model(split.batch(index)).argmax(1) == split.y[index]).sum().item()
     model.train(was_training)
     return correct / max(1, len(split))
@@ -107,7 +107,7 @@ class Trainer:
 
     def __init__(self, distiller: nn.Module, data: Dataset, cfg: TrainConfig, seed: int, augment_data: bool):
         self.distiller, self.data, self.cfg, self.augment_data = distiller, data, cfg, augment_data
-        self.device = data.train.x.device
+        self.device = data.train.device
         self.samples_per_epoch = epoch_size(cfg, len(data.train))
         self.steps_per_epoch = math.ceil(self.samples_per_epoch / cfg.batch_size)
         distiller.to(memory_format=MEMORY_FORMAT)

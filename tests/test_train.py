@@ -9,6 +9,7 @@ import torch
 
 from nas_kd.arch import build_model
 from nas_kd.config import TrainConfig
+from nas_kd.data import load_dataset
 from nas_kd.distill import DistillContext, make_distiller
 from nas_kd.distill.losses import kd_loss
 from nas_kd.train import Trainer, TrainingDiverged, evaluate
@@ -34,6 +35,19 @@ def test_same_seed_same_weights(digits, augment: bool) -> None:
     a, b = make_trainer(digits, cfg, augment=augment), make_trainer(digits, cfg, augment=augment)
     a.fit(), b.fit()
     assert all(torch.equal(x, y) for x, y in zip(weights(a), weights(b), strict=True))
+
+
+def test_data_over_the_device_budget_streams_from_host_memory_and_trains_the_same() -> None:
+    messages: list[str] = []
+    resident = load_dataset("digits")
+    streamed = load_dataset("digits", max_device_bytes=10_000, log=messages.append)
+    assert streamed.train.streamed and not resident.train.streamed
+    assert "kept in host memory, each batch copied to cpu" in messages[0]
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05)
+    a, b = make_trainer(resident, cfg, augment=True), make_trainer(streamed, cfg, augment=True)
+    a.fit(), b.fit()
+    assert all(torch.equal(x, y) for x, y in zip(weights(a), weights(b), strict=True))
+    assert evaluate(b.distiller.student, streamed.test) == evaluate(a.distiller.student, resident.test)
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "onecycle"])

@@ -48,19 +48,19 @@ VALIDATION_IMAGES = 1024
 def minimal_loop(study, data: Dataset, arch: dict, seed: int) -> Callable[[], float]:
     """The baseline: what one would write by hand around the same model and data."""
     torch.manual_seed(seed)
-    model = build_model(arch, data.input_shape, data.num_classes).to(data.train.x.device)
+    model = build_model(arch, data.input_shape, data.num_classes).to(data.train.device)
     cfg = study.train
     images = epoch_size(study.train, len(data.train))
     steps = -(-images // cfg.batch_size)
     optimizer = make_optimizer(list(model.parameters()), cfg, foreach=None)  # torch's default
     schedule = make_schedule(optimizer, cfg, steps * 1000)
-    generator = torch.Generator(data.train.x.device).manual_seed(seed)
+    generator = torch.Generator(data.train.device).manual_seed(seed)
 
     def epoch() -> float:
         model.train()
         start = time.perf_counter()
-        for index in batches(len(data.train), cfg.batch_size, generator, data.train.x.device, limit=images):
-            with autocast(data.train.x.device):
+        for index in batches(len(data.train), cfg.batch_size, generator, data.train.device, limit=images):
+            with autocast(data.train.device):
                 loss = F.cross_entropy(model(data.train.batch(index)), data.train.y[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
