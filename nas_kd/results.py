@@ -42,7 +42,7 @@ import pandas as pd
 
 TRIAL_COLUMNS = [
     "trial_id", "number", "status", "epochs", "max_epochs", "val_accuracy", "test_accuracy", "robust_accuracy",
-    "params", "flops",
+    "worst_class", "worst_class_accuracy", "params", "flops",
     "model_bytes", "latency_ms", "weight_bits", "act_bits", "distiller", "family", "arch", "arch_summary", "pareto",
     "error", "seconds",
     "student_path",

@@ -75,16 +75,27 @@ def make_schedule(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 1024) -> float:
-    """Top-1 accuracy of ``model`` on ``split`` (eval mode, then restored)."""
+def predict(model: nn.Module, split: Split, batch_size: int = 1024) -> torch.Tensor:
+    """The predicted class of every image of ``split`` (eval mode, then restored), on the split's device."""
     was_training = model.training
     model.eval()
-    correct = 0
+    predictions = [torch.zeros(0, dtype=torch.long, device=split.device)]
     with autocast(split.device):
         for index in batches(len(split), batch_size, None, split.device):
-            correct += (model(split.batch(index)).argmax(1) == split.y[index]).sum().item()
+            predictions.append(model(split.batch(index)).argmax(1))
     model.train(was_training)
-    return correct / max(1, len(split))
+    return torch.cat(predictions)
+
+
+def evaluate(model: nn.Module, split: Split, batch_size: int = 1024) -> float:
+    """Top-1 accuracy of ``model`` on ``split``."""
+    return (predict(model, split, batch_size) == split.y).sum().item() / max(1, len(split))
+
+
+def class_accuracy(model: nn.Module, split: Split, num_classes: int) -> torch.Tensor:
+    """Top-1 accuracy per class (NaN for a class the split does not hold)."""
+    hits = split.y[predict(model, split) == split.y]
+    return torch.bincount(hits, minlength=num_classes) / torch.bincount(split.y, minlength=num_classes)
 
 
 def autocast(device: torch.device) -> torch.autocast:

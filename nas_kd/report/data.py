@@ -19,8 +19,8 @@ from nas_kd.results import TRIAL_COLUMNS
 from nas_kd.search.pareto import pareto_mask
 
 NUMERIC_COLUMNS = [
-    "number", "epochs", "max_epochs", "val_accuracy", "test_accuracy", "robust_accuracy", "params", "flops",
-    "model_bytes", "latency_ms", "seconds",
+    "number", "epochs", "max_epochs", "val_accuracy", "test_accuracy", "robust_accuracy", "worst_class_accuracy",
+    "params", "flops", "model_bytes", "latency_ms", "seconds",
 ]  # fmt: skip
 ACCURACY_COLUMNS = ("val_accuracy", "test_accuracy", "robust_accuracy")
 # Objectives besides val_accuracy that are accuracies (maximised, drawn on a linear percent axis), not sizes.
@@ -189,6 +189,11 @@ def hover_text(trials: pd.DataFrame) -> pd.Series:
             f"distiller: {distiller}",
             f"val acc: {percent_text(row['val_accuracy'])} · test acc: {percent_text(row['test_accuracy'])}"
             + (f" · robust acc: {percent_text(row['robust_accuracy'])}" if np.isfinite(row["robust_accuracy"]) else ""),
+            *(
+                [f"weakest class: {row['worst_class']} ({percent_text(row['worst_class_accuracy'])} val)"]
+                if _text(row["worst_class"])
+                else []
+            ),
             f"params: {human(row['params'])} · FLOPs: {human(row['flops'])} · "
             f"latency: {_num(row['latency_ms'], ' ms')} · size: {human(row['model_bytes'])}B",
         ]

@@ -216,6 +216,7 @@ def _summary(run: RunData) -> str:
         ("trials", f"{len(run.trials)}" + (f" of {requested} requested" if requested else "") + f" ({status})"),
         ("Pareto members", str(members)),
         ("objectives", ", ".join(f"{o} ({dr})" for o, dr in zip(run.objectives, run.directions, strict=True))),
+        ("classes", _classes(run.info.get("classes"))),
         ("scheduler", str(run.info.get("scheduler") or "–")),
         ("Optuna study", f"{run.info.get('study_name', '–')} in optuna.db (optuna-dashboard opens it)"),
         ("started / updated", f"{run.info.get('started', '–')} / {run.info.get('updated', '–')}"),
@@ -234,7 +235,15 @@ def _summary(run: RunData) -> str:
             '<p class="banner">Interrupted: unfinished trials are shown as running / unfinished. '
             "Continue with <code>nas-kd search STUDY.yaml --resume</code>.</p>"
         )
-    return f"{banner}<dl class='facts'>{items}</dl>"
+    notes = "".join(f'<p class="note">Data: {html.escape(str(n))}.</p>' for n in run.info.get("data_notes") or [])
+    return f"{banner}<dl class='facts'>{items}</dl>{notes}"
+
+
+def _classes(names: object, shown: int = 12) -> str:
+    if not isinstance(names, list) or not names:
+        return "–"
+    more = f", … ({len(names) - shown} more)" if len(names) > shown else ""
+    return f"{len(names)}: " + ", ".join(str(n) for n in names[:shown]) + more
 
 
 def _duration(seconds: object) -> str:

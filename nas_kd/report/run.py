@@ -88,7 +88,8 @@ def load_run(run_dir: str | Path) -> RunData:
     teachers = _teachers(path / "teachers.json")
     # one scale for every accuracy in the report, decided over all of them together
     factor = d.percent_factor(trials["val_accuracy"], trials["test_accuracy"], teachers["val_accuracy"])
-    for frame, columns in ((trials, d.ACCURACY_COLUMNS), (teachers, d.ACCURACY_COLUMNS), (curves, ["val_accuracy"])):
+    scaled = ((trials, [*d.ACCURACY_COLUMNS, "worst_class_accuracy"]), (teachers, d.ACCURACY_COLUMNS))
+    for frame, columns in (*scaled, (curves, ["val_accuracy"])):
         for column in columns:
             frame[column] = pd.to_numeric(frame[column], errors="coerce") * factor
     if "trial_id" in curves:

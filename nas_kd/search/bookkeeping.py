@@ -54,7 +54,14 @@ FORGOTTEN = "forgotten"  # event-log key: the trial was dropped on resume (``for
 FLUSH_SECONDS = 5.0
 FLUSH_SHARE = 20  # wait at least this many times the last flush's duration between flushes (<= 5% of the time)
 APPENDED = (EVENT_LOG, "curves.csv", "hypervolume.csv")
-METRIC_KEYS = ("val_accuracy", "test_accuracy", "robust_accuracy", *SIZE_OBJECTIVES)
+METRIC_KEYS = (
+    "val_accuracy",
+    "test_accuracy",
+    "robust_accuracy",
+    "worst_class",
+    "worst_class_accuracy",
+    *SIZE_OBJECTIVES,
+)
 # Tune's final trial states -> what bookkeeping records if it never saw the trial's last event.
 TUNE_TERMINATED, TUNE_ERROR = "TERMINATED", "ERROR"
 

@@ -177,6 +177,7 @@ def _new_run_dir(study: Study, run_dir: Path, data: Dataset) -> dict[str, Any]:
         "scheduler": study.search.scheduler.name,
         "wall_seconds": 0.0,
         "data_notes": data.notes,  # e.g. that the data has no test split (test accuracy is then n/a)
+        "classes": data.class_names,
     }
     write_json(run_dir / "run.json", run)
     return run

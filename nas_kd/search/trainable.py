@@ -29,7 +29,7 @@ from nas_kd.plugins import import_plugins
 from nas_kd.search.metrics import TrialMetrics
 from nas_kd.search.schedulers import rung_milestones
 from nas_kd.teachers import teacher_from_bundle
-from nas_kd.train import EpochResult, Trainer, evaluate
+from nas_kd.train import EpochResult, Trainer, class_accuracy, evaluate
 
 # Reused actors (reuse_actors=True) keep these between trials: the dataset and teachers load once per worker.
 _WORKER_CACHE: dict[Any, Any] = {}
@@ -74,6 +74,13 @@ def with_every_objective(metrics: dict[str, Any], study: Study) -> dict[str, Any
     """``metrics`` plus NaN for each objective not measured in it: Tune wants every objective in every result,
     and robust accuracy (a PGD attack on the validation split) is measured only where objectives are read."""
     return {**dict.fromkeys(study.search.objectives, float("nan")), **metrics}
+
+
+def weakest_class(model: torch.nn.Module, data: Dataset) -> dict[str, Any]:
+    """The class the student gets wrong most often on the validation split, by name, and its accuracy."""
+    accuracy = class_accuracy(model, data.val, data.num_classes).nan_to_num(float("inf"))
+    worst = int(accuracy.argmin())
+    return {"worst_class": data.class_names[worst], "worst_class_accuracy": round(float(accuracy[worst]), 6)}
 
 
 def train_trial(config: dict[str, Any], study: dict[str, Any], teachers: list[dict[str, Any]]) -> None:
@@ -138,6 +145,7 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], teachers: list[di
             torch.save(trainer.state_dict(), os.path.join(folder, TRAINER_STATE))
             if result.epoch == max_epochs:
                 student = trainer.distiller.export_student()
+                metrics.update(weakest_class(student, data))
                 # Test accuracy is for reporting only; the search never reads it.
                 if data.has_test:
                     metrics["test_accuracy"] = evaluate(student, data.test)

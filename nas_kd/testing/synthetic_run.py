@@ -31,6 +31,7 @@ from nas_kd.search.progress import SearchProgress
 CHANNELS = [8, 16, 24, 32, 48, 64]
 TEACHER = {"family": "resnet", "stem": 32, "stages": [{"channels": c, "depth": 2} for c in (32, 64, 128)]}
 ASSISTANT = {"family": "resnet", "stem": 16, "stages": [{"channels": c, "depth": 2} for c in (16, 32, 64)]}
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 OBJECTIVE_UNITS = {"params": 1.0, "flops": 60.0, "model_bytes": 4.0, "latency_ms": 2e-5}
 STUDY_STARTED = "2025-01-01T00:00:00"
 
@@ -106,6 +107,8 @@ class EpochResults:
         }
         if epoch == self.max_epochs:
             result["test_accuracy"] = result["val_accuracy"] + self.test_gap
+            result["worst_class"] = CLASS_NAMES[self.number % len(CLASS_NAMES)]
+            result["worst_class_accuracy"] = result["val_accuracy"] - 0.15
         if self.robust:
             last = epoch == self.max_epochs
             result["robust_accuracy"] = result["val_accuracy"] * (0.5 + self.test_gap) if last else math.nan
@@ -294,6 +297,8 @@ def start_run_dir(run_dir: Path, spec: RunSpec) -> dict[str, Any]:
         "trials_requested": max(spec.trials, 12),
         "scheduler": "asha" if spec.prune_every else "fifo",
         "wall_seconds": 0.0,
+        "data_notes": [],
+        "classes": CLASS_NAMES,
     }
     write_json(run_dir / "run.json", run)
     if spec.teachers:

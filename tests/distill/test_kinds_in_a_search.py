@@ -34,6 +34,9 @@ def test_each_kind_runs_in_a_search(tmp_path: Path, name: str) -> None:
     assert len(trials) == 2 and (trials["status"] == "COMPLETE").all(), trials.get("error")
     assert (trials["distiller"] == name).all()
     assert (trials["test_accuracy"] > 0.3).all()  # 10 classes: well above chance
+    # the weakest class by name (digits are named "0".."9"), never better than the average over classes
+    assert trials["worst_class"].astype(str).isin([str(i) for i in range(10)]).all()
+    assert (trials["worst_class_accuracy"] <= trials["val_accuracy"]).all()
     if name == "adversarial":  # the robust objective is measured, and an attack only lowers accuracy
         assert trials["robust_accuracy"].between(0, 1).all()
         assert (trials["robust_accuracy"] <= trials["val_accuracy"] + 0.02).all()

@@ -49,7 +49,13 @@ def run_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     bare = root / "bare"
     bare.mkdir()
     write_json(
-        bare / "run.json", {"study_name": "bare-1", "objectives": ["val_accuracy", "params"], "state": "running"}
+        bare / "run.json",
+        {
+            "study_name": "bare-1",
+            "objectives": ["val_accuracy", "params"],
+            "state": "running",
+            "data_notes": ["the data has no test split: test accuracy is not reported"],
+        },
     )
     dirs["bare"] = bare
     return dirs

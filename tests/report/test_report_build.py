@@ -43,6 +43,11 @@ def test_many_report_content(reports: dict[str, Path]) -> None:
     assert members > 5 and text.count("nas_kd.load_student(") == members
     assert "same architecture" in text and "size-matched" in text
     assert "offline · dkd+at" in text and "assistant · kd" in text  # scheme and knowledge type
+    assert "10: T-shirt/top, Trouser, Pullover" in text  # the data's class names
+    assert re.search(
+        r"weakest class: (Coat|Bag|Shirt|Dress|Sandal|Sneaker|Trouser|Pullover|T-shirt/top|Ankle boot) \(\d+\.\d+ % val\)",
+        text,
+    )
 
 
 def test_states_and_empty_messages(reports: dict[str, Path]) -> None:
@@ -51,6 +56,7 @@ def test_states_and_empty_messages(reports: dict[str, Path]) -> None:
     assert "No trials yet" in empty and "No Pareto members yet" in empty
     assert "at least 5 COMPLETE trials (this study has 0)" in empty
     assert "No teacher in teachers.json" in page_text(reports["no_teacher"])
+    assert "Data: the data has no test split: test accuracy is not reported." in page_text(reports["bare"])
     three = page_text(reports["three"])
     assert "No ce arm in this study" in three
     assert "latency vs params" in three  # pairwise panels for three objectives
