@@ -104,7 +104,7 @@ class Scraper:
         self._thread.join()
 
 
-def wait_for(local: LocalRay, study: str, names: dict[str, float], timeout: float = 20.0) -> dict[str, float]:
+def wait_for(local: LocalRay, study: str, names: dict[str, float], timeout: float = 60.0) -> dict[str, float]:
     """Scrape until each counter/gauge in ``names`` reaches its value; returns the last values seen."""
     deadline = time.monotonic() + timeout
     while True:
@@ -215,10 +215,15 @@ def test_tune_job_metrics_and_dashboard(local_ray: LocalRay, tmp_path: Path) -> 
     assert token, "Ray 2.60 starts local clusters with token auth; the token should be in ~/.ray/auth_token"
     status, _ = dashboard_get(local_ray, "/api/v0/actors?limit=1000&detail=1", None)
     assert status == 401
-    status, body = dashboard_get(local_ray, "/api/v0/actors?limit=1000&detail=1", token)
-    assert status == 200, body[:300]
-    actors = json.loads(body)["data"]["result"]["result"]
-    assert any(a["class_name"] == "ImplicitFunc" for a in actors)
+    # The state API answers from the GCS, which learns of actors asynchronously (slowly on a loaded machine):
+    # ask until the trial actors are listed or a deadline passes.
+    deadline, classes = time.monotonic() + 60, set()
+    while "ImplicitFunc" not in classes and time.monotonic() < deadline:
+        status, body = dashboard_get(local_ray, "/api/v0/actors?limit=1000&detail=1", token)
+        assert status == 200, body[:300]
+        classes = {a["class_name"] for a in json.loads(body)["data"]["result"]["result"]}
+        time.sleep(0.5)
+    assert "ImplicitFunc" in classes, classes
     status, body = dashboard_get(local_ray, "/api/jobs/", token)
     assert status == 200 and any(job["type"] == "DRIVER" for job in json.loads(body))
 
