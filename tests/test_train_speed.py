@@ -86,7 +86,7 @@ def test_compile_is_a_speed_setting_not_part_of_the_recipe(digits) -> None:
     cfg = TrainConfig(epochs=1, compile=True)
     student = build_model(STUDENT, digits.input_shape, digits.num_classes)
     keys = list(student.state_dict())
-    trainer = Trainer(make_distiller("ce", {}, student, DistillContext(digits, cfg)), digits, cfg, 0, False)
+    trainer = Trainer(make_distiller("ce", {}, student, DistillContext(digits)), digits, cfg, 0, False)
     assert trainer.compiled and student._compiled_call_impl is not None  # compiled in place ...
     assert list(student.state_dict()) == keys  # ... so saved weights keep their names
     with pytest.raises(ValueError, match="compile"):
