@@ -72,6 +72,7 @@ def test_two_processes_train_the_teacher_once(tmp_path: Path) -> None:
     assert not list(cache_root(tmp_path).glob(".*"))  # no half-written folders left behind
 
 
+@pytest.mark.slow  # trains a teacher
 def test_bundle_round_trip_through_plain_numpy(tmp_path: Path) -> None:
     study = small_study(tmp_path)
     data = study_data(study, torch.device("cpu"))

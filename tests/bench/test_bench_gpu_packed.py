@@ -16,6 +16,7 @@ PACKED = ROOT / "nas_kd" / "bench" / "packed.py"
 BLOCKED = ("ray", "optuna", "plotly", "pydantic", "torchvision", "pandas", "sklearn", "nas_kd")
 
 
+@pytest.mark.slow  # a fresh interpreter: seconds
 def test_packed_benchmark_needs_torch_only() -> None:
     # A module set to None in sys.modules cannot be imported: any import of a blocked package fails loudly.
     code = f"""
@@ -46,6 +47,7 @@ def test_one_step_learns_and_uses_uint8_data() -> None:
         packed.train_step_fn(setup, "bf16-cl-graph", seed=0)
 
 
+@pytest.mark.slow  # a fresh interpreter: seconds
 def test_unknown_mode_is_one_line_exit_2() -> None:
     done = subprocess.run(
         [sys.executable, str(PACKED), "--device", "cpu", "--modes", "fp16"], capture_output=True, text=True, timeout=120

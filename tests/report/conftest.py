@@ -43,7 +43,7 @@ def run_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     dirs = {}
     for name, spec in SPECS.items():
-        write_synthetic_run(root / name, spec)
+        write_synthetic_run(root / name, spec, flush_seconds=3600)  # the files a run leaves, not every rewrite
         dirs[name] = root / name
     # a search that has only just started: run.json and nothing else
     bare = root / "bare"
