@@ -20,7 +20,6 @@ import importlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nas_kd.console import progress_bar
 from nas_kd.views import channels as convert_channels
 from nas_kd.views import resize
 
@@ -462,7 +462,6 @@ def _decode_folder(
     log: Callable[[str], None],
 ) -> dict[str, np.ndarray]:
     from PIL import Image, UnidentifiedImageError
-    from tqdm import tqdm
 
     everything = [p for files in listing.values() for p, _ in files]
     if channels is None or image_size is None:  # headers only: what the files are
@@ -482,11 +481,12 @@ def _decode_folder(
     log(f"{root}: decoding {len(everything)} images to {channels}x{h}x{w} uint8 (once; then cached)")
     arrays: dict[str, np.ndarray] = {}
     unreadable: list[str] = []
-    progress = tqdm(total=len(everything), unit="img", file=sys.stderr, disable=len(everything) < 500)
+    progress = progress_bar(len(everything), "  decoding", "img") if len(everything) >= 500 else None
     for split, files in listing.items():
         images, labels = [], []
         for file, label in files:
-            progress.update()
+            if progress is not None:
+                progress.update()
             try:
                 with Image.open(file) as image:
                     image = image.convert("L" if channels == 1 else "RGB")
@@ -500,7 +500,8 @@ def _decode_folder(
             labels.append(label)
         arrays[f"x_{split}"] = np.stack(images) if images else np.zeros((0, channels, h, w), np.uint8)
         arrays[f"y_{split}"] = np.asarray(labels, dtype=np.int64)
-    progress.close()
+    if progress is not None:
+        progress.close()
     arrays["class_names"] = np.asarray(sorted(d.name for d in (root / "train").iterdir() if d.is_dir()))
     arrays["unreadable"] = np.asarray(unreadable, dtype=str)
     return arrays

@@ -29,6 +29,7 @@ from nas_kd.arch import build_model, count_flops, count_params
 from nas_kd.arch.external import ModelSourceError, WeightsError, load_weights
 from nas_kd.checkpoint import load_student, read_model_info, save_model_dir
 from nas_kd.config import Study, StudyError, TeacherConfig, TrainConfig
+from nas_kd.console import progress_bar
 from nas_kd.data import Dataset
 from nas_kd.distill import Teacher
 from nas_kd.train import evaluate, make_trainer
@@ -164,9 +165,15 @@ def train_plain(
         trainer.load_state_dict(torch.load(state_file, weights_only=True, map_location=trainer.device))
         log(f"  resuming from epoch {trainer.epoch}/{cfg.epochs}")
 
+    bar = progress_bar(cfg.epochs, "  training", "epoch", initial=trainer.epoch)
+
     def on_epoch(result: Any, trainer: Any) -> None:
-        # Logged as each epoch ends: a teacher or assistant can train for tens of minutes.
-        log(f"  epoch {result.epoch}/{cfg.epochs} val_accuracy {result.val_accuracy:.4f} ({result.seconds:.1f}s)")
+        # Shown as each epoch ends: a teacher or assistant can train for tens of minutes.
+        if bar is None:
+            log(f"  epoch {result.epoch}/{cfg.epochs} val_accuracy {result.val_accuracy:.4f} ({result.seconds:.1f}s)")
+        else:
+            bar.update()
+            bar.set_postfix_str(f"val_accuracy {result.val_accuracy:.4f}")
         if state_file is not None:
             state_file.parent.mkdir(parents=True, exist_ok=True)
             partial = state_file.with_suffix(".partial")
@@ -174,6 +181,8 @@ def train_plain(
             partial.replace(state_file)  # atomic: a kill never leaves half a state
 
     trainer.fit(on_epoch)
+    if bar is not None:
+        bar.close()
     student = trainer.distiller.export_student()
     return student, {**accuracies(student, data), "epochs": cfg.epochs}
 

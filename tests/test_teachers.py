@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import multiprocessing
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,8 @@ import torch
 
 from nas_kd.arch import build_model
 from nas_kd.checkpoint import load_student, save_model_dir
+from nas_kd.config import TrainConfig
+from nas_kd.data import load_dataset
 from nas_kd.pipeline import study_data
 from nas_kd.teachers import cache_root, prepare_teachers, teacher_bundle, teacher_from_bundle, train_plain
 from nas_kd.train import Trainer
@@ -46,6 +50,19 @@ def test_teacher_training_logs_each_epoch_as_it_ends(tmp_path: Path, monkeypatch
     assert [e if e == "train" else e.split(" val")[0].strip() for e in events] == [
         "train", "epoch 1/3", "train", "epoch 2/3", "train", "epoch 3/3"
     ]  # fmt: skip
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_teacher_training_draws_a_bar_instead_of_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal, logs = Terminal(), []
+    monkeypatch.setattr(sys, "stderr", terminal)
+    arch = {"family": "cnn", "stem": 8, "stages": [{"channels": 8, "depth": 1}]}
+    train_plain(arch, load_dataset("digits"), TrainConfig(epochs=2, batch_size=256), 0, False, log=logs.append)
+    assert logs == [] and "2/2" in terminal.getvalue() and "val_accuracy" in terminal.getvalue()
 
 
 def _prepare(runs_dir: str, out: str) -> None:
