@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
+import pandas as pd
 import pytest
 import torch
 
@@ -211,3 +213,25 @@ def test_4_bit_student_distilled_on_digits_reaches_95_percent_and_its_onnx_expor
     assert exported.onnx_max_abs_diff is not None
     everything = data.test.batch(torch.arange(len(data.test)))
     assert abs(onnx_accuracy(tmp_path / "out" / "model.onnx", everything, data.test.y) - result.test_accuracy) <= 0.005
+
+
+@pytest.mark.slow
+def test_the_shipped_quantized_study_searches_bit_widths_and_exports_its_front(tmp_path: Path) -> None:
+    """Through the CLI: `nas-kd search` on studies/quant_digits.yaml (cut short), then `nas-kd export --onnx` of
+    every Pareto student, each loadable again."""
+    study = Path(__file__).resolve().parents[2] / "studies" / "quant_digits.yaml"
+    cut = {"search.trials": 4, "search.max_concurrent": 2, "search.sampler": "random", "train.epochs": 2}
+    cut["teacher.train.epochs"] = 3
+    settings = [f"--set={k}={v}" for k, v in cut.items()]
+    assert main(["search", str(study), "--runs-dir", str(tmp_path), "--no-dashboard", *settings]) == 0
+    run_dir = tmp_path / "quant_digits"
+    trials = pd.read_csv(run_dir / "trials.csv")
+    assert len(trials) == 4 and (trials["status"] == "COMPLETE").all()
+    assert trials["weight_bits"].nunique() >= 2 and (trials["model_bytes"] <= 60000).all()  # bits drawn, bytes kept
+    members = json.loads((run_dir / "pareto.json").read_text())["members"]
+    assert members
+    for member in members:
+        out = tmp_path / "export" / member["trial_id"]
+        assert main(["export", str(run_dir), member["trial_id"], "--out", str(out), "--onnx"]) == 0
+        assert (out / "model.onnx").stat().st_size > 0
+        assert load_student(out)(torch.zeros(1, *SHAPE)).shape == (1, 10)
