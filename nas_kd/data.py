@@ -481,12 +481,12 @@ def _decode_folder(
     log(f"{root}: decoding {len(everything)} images to {channels}x{h}x{w} uint8 (once; then cached)")
     arrays: dict[str, np.ndarray] = {}
     unreadable: list[str] = []
-    progress = progress_bar(len(everything), "  decoding", "img") if len(everything) >= 500 else None
+    progress = progress_bar(len(everything), "  decoding (images)") if len(everything) >= 500 else None
     for split, files in listing.items():
         images, labels = [], []
         for file, label in files:
             if progress is not None:
-                progress.update()
+                progress.advance()
             try:
                 with Image.open(file) as image:
                     image = image.convert("L" if channels == 1 else "RGB")

@@ -165,15 +165,14 @@ def train_plain(
         trainer.load_state_dict(torch.load(state_file, weights_only=True, map_location=trainer.device))
         log(f"  resuming from epoch {trainer.epoch}/{cfg.epochs}")
 
-    bar = progress_bar(cfg.epochs, "  training", "epoch", initial=trainer.epoch)
+    bar = progress_bar(cfg.epochs, "  training (epochs)", initial=trainer.epoch)
 
     def on_epoch(result: Any, trainer: Any) -> None:
         # Shown as each epoch ends: a teacher or assistant can train for tens of minutes.
         if bar is None:
             log(f"  epoch {result.epoch}/{cfg.epochs} val_accuracy {result.val_accuracy:.4f} ({result.seconds:.1f}s)")
         else:
-            bar.update()
-            bar.set_postfix_str(f"val_accuracy {result.val_accuracy:.4f}")
+            bar.advance(f"val_accuracy {result.val_accuracy:.4f}")
         if state_file is not None:
             state_file.parent.mkdir(parents=True, exist_ok=True)
             partial = state_file.with_suffix(".partial")
