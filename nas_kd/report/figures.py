@@ -142,42 +142,26 @@ def pareto_figure(
     accuracy = [*trials["val_accuracy"], *trials["test_accuracy"], *teachers.get("val_accuracy", [])]
     accuracy += [*teachers.get("test_accuracy", []), *(v for score in scores for v in trials[score])]
     y_range, floor = _accuracy_range(accuracy)
-    size = sizes[0]
-    if scores:
-        score = scores[0]
-        fig = make_subplots(
-            rows=2, cols=2, horizontal_spacing=0.09, vertical_spacing=0.14,
-            subplot_titles=(
-                f"validation accuracy vs {d.SIZE_NAMES[size]}", f"test accuracy vs {d.SIZE_NAMES[size]}",
-                f"{ACCURACY_AXES[score]} vs {d.SIZE_NAMES[size]}", f"{ACCURACY_AXES[score]} vs validation accuracy",
-            ),
-        )  # fmt: skip
+    if scores:  # each accuracy against the size, and robust against validation accuracy
+        size, score = sizes[0], scores[0]
         panels = [(1, 1, size, "val_accuracy"), (1, 2, size, "test_accuracy"), (2, 1, size, score)]
         panels.append((2, 2, "val_accuracy", score))
-        height = 860
-    elif len(sizes) == 1:
+    elif len(sizes) == 2:  # accuracy against each size, and size against size
+        panels = [(1, 1, sizes[0], "val_accuracy"), (1, 2, sizes[1], "val_accuracy"), (2, 1, sizes[0], "test_accuracy")]
+        panels.append((2, 2, sizes[0], sizes[1]))
+    else:
+        panels = [(1, 1, sizes[0], "val_accuracy"), (1, 2, sizes[0], "test_accuracy")]
+    if len(panels) == 2:
         fig = make_subplots(
             rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
             subplot_titles=("validation accuracy (selects the front)", "test accuracy (reported only)"),
         )  # fmt: skip
-        panels = [(1, 1, size, "val_accuracy"), (1, 2, size, "test_accuracy")]
         height = 540
     else:
-        fig = make_subplots(
-            rows=2, cols=2, horizontal_spacing=0.09, vertical_spacing=0.14,
-            subplot_titles=(
-                f"validation accuracy vs {d.SIZE_NAMES[sizes[0]]}", f"validation accuracy vs {d.SIZE_NAMES[sizes[1]]}",
-                f"test accuracy vs {d.SIZE_NAMES[sizes[0]]}", f"{d.SIZE_NAMES[sizes[1]]} vs {d.SIZE_NAMES[sizes[0]]}",
-            ),
-        )  # fmt: skip
-        panels = [
-            (1, 1, sizes[0], "val_accuracy"),
-            (1, 2, sizes[1], "val_accuracy"),
-            (2, 1, sizes[0], "test_accuracy"),
-            (2, 2, sizes[0], sizes[1]),
-        ]
+        titles = [f"{_axis_name(y)} vs {_axis_name(x)}" for _, _, x, y in panels]
+        fig = make_subplots(rows=2, cols=2, horizontal_spacing=0.09, vertical_spacing=0.14, subplot_titles=titles)
         height = 860
-    two_objectives = len(objectives) == 2 and not scores
+    two_objectives = len(panels) == 2
     for index, (row, col, x, y) in enumerate(panels):
         x_values = [*trials[x], *teachers.get(x, [])]
         floor_y = floor if y == "val_accuracy" else None  # no-accuracy trials once, on the validation panel
@@ -199,6 +183,10 @@ def pareto_figure(
         fig.update_xaxes(**_log_axis(x_values, f"{d.SIZE_LABELS[x]}, log scale"), row=row, col=col)
     subtitle = "Failed and rejected trials without an accuracy sit along the bottom of the validation panel. Hover a point for details."
     return _style(fig, title, height, subtitle=subtitle)
+
+
+def _axis_name(column: str) -> str:
+    return ACCURACY_AXES.get(column) or d.SIZE_NAMES[column]
 
 
 def _scatter_panel(
