@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from nas_kd.arch.quant_spec import QuantError, check_quant
 from nas_kd.data import DATASETS, USER_SOURCES
@@ -100,6 +109,17 @@ class TrainConfig(Strict):
     # torch.compile the student: true, false, or auto (on only for runs long enough to repay the compile
     # time; see nas_kd.train.should_compile). A speed setting, not part of the recipe's identity.
     compile: bool | Literal["auto"] = "auto"
+    # Quantized students: train this many first epochs in full precision (quantizers off), then
+    # quantization-aware for the rest (the warm-start recipe); unset or 0: quantized from the first step.
+    quant_warmup_epochs: int | None = Field(None, ge=0)
+
+    @field_validator("quant_warmup_epochs")
+    @classmethod
+    def _warmup_within_epochs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        epochs = info.data.get("epochs")
+        if value and epochs is not None and value >= epochs:
+            raise ValueError(f"{value} warm-up epochs leave no quantized epoch of train.epochs {epochs}")
+        return value
 
     def identity(self) -> dict[str, Any]:
         """What fixes a model trained with this recipe (cache keys). Unset options are left out, so adding

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from nas_kd.arch import build_model
+from nas_kd.arch.quant_spec import set_quantizers
 from nas_kd.config import TrainConfig
 from nas_kd.data import Dataset, Split, augment, batches
 from nas_kd.distill import DistillContext, HelperTrainer, Teacher, make_distiller
@@ -136,6 +137,8 @@ class Trainer:
         distiller.train()
         if hasattr(distiller, "on_epoch_start"):  # schedules (e.g. DKD's warm-up) see the epoch
             distiller.on_epoch_start(self.epoch, self.cfg.epochs)
+        if self.cfg.quant_warmup_epochs:  # from the epoch alone, so a resumed run switches at the same point
+            set_quantizers(distiller.student, enabled=self.epoch >= self.cfg.quant_warmup_epochs)
         start = time.perf_counter()
         totals: dict[str, torch.Tensor] = {}
         for index in batches(

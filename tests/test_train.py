@@ -123,5 +123,7 @@ def test_samples_per_epoch_beyond_the_split_is_the_whole_split(digits) -> None:
 def test_unset_options_leave_cache_identities_unchanged() -> None:
     """Models cached before ``samples_per_epoch`` existed keep their keys; setting it makes a new one."""
     # compile is a speed setting, never part of the identity
-    assert TrainConfig().identity() == TrainConfig().model_dump(exclude={"samples_per_epoch", "compile"})
+    unset = {"samples_per_epoch", "quant_warmup_epochs", "compile"}
+    assert TrainConfig().identity() == TrainConfig().model_dump(exclude=unset)
     assert TrainConfig(samples_per_epoch=5000).identity()["samples_per_epoch"] == 5000
+    assert TrainConfig(quant_warmup_epochs=2).identity()["quant_warmup_epochs"] == 2  # another recipe, another key

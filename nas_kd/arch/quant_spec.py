@@ -101,3 +101,14 @@ def bits_of(arch: Arch) -> dict[str, int | str]:
     for key, values in (("weight_bits", [p[0] for p in pairs]), ("act_bits", [p[1] for p in pairs])):
         out[key] = values[0] if len(set(values)) == 1 else "/".join(str(v) for v in values)
     return out
+
+
+def set_quantizers(model: Any, enabled: bool) -> int:
+    """Switch every quantizer of a quantized network on or off (off: its layers compute in full precision
+    with the same weights); returns how many it switched. For the fp32 warm start
+    (``train.quant_warmup_epochs``). brevitas' quantizer proxies carry a ``disable_quant`` flag that their
+    forward reads; it is looked up by name so the trainer need not import brevitas (~4 s) for fp32 runs."""
+    proxies = [module for module in model.modules() if hasattr(module, "disable_quant")]
+    for proxy in proxies:
+        proxy.disable_quant = not enabled
+    return len(proxies)

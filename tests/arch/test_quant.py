@@ -15,7 +15,7 @@ import torch
 
 from nas_kd.arch import build_model, count_params, model_bytes
 from nas_kd.arch.quant import export_onnx, onnx_session, quantized_layers
-from nas_kd.arch.quant_spec import bits_of, layer_bits
+from nas_kd.arch.quant_spec import bits_of, layer_bits, set_quantizers
 from nas_kd.checkpoint import load_student, save_model_dir
 from nas_kd.cli import main
 from nas_kd.config import StudyError, study_from_dict
@@ -235,3 +235,55 @@ def test_the_shipped_quantized_study_searches_bit_widths_and_exports_its_front(t
         assert main(["export", str(run_dir), member["trial_id"], "--out", str(out), "--onnx"]) == 0
         assert (out / "model.onnx").stat().st_size > 0
         assert load_student(out)(torch.zeros(1, *SHAPE)).shape == (1, 10)
+
+
+def _layer_input_values(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Distinct values entering the second stage's convolution (after its input quantizer)."""
+    layer = dict(model.named_modules())["stages.1.0.0"]
+    seen: list[torch.Tensor] = []
+    handle = layer.input_quant.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.no_grad():
+        model.eval()(x)
+    handle.remove()
+    value = seen[0].value if hasattr(seen[0], "value") else seen[0]
+    return len(torch.unique(value))
+
+
+def test_set_quantizers_switches_a_4_bit_network_to_full_precision_and_back() -> None:
+    torch.manual_seed(0)
+    model = build_model(genome("cnn", weight_bits=4, act_bits=4), SHAPE, 10)
+    x = torch.randn(64, *SHAPE)
+    assert set_quantizers(model, enabled=False) > 0
+    assert _layer_input_values(model, x) > 2**4  # full precision: the inputs are not rounded
+    assert set_quantizers(model, enabled=True) > 0
+    assert _layer_input_values(model, x) <= 2**4
+    assert set_quantizers(build_model(genome("cnn"), SHAPE, 10), enabled=False) == 0  # fp32: nothing to switch
+
+
+def test_warm_start_trains_full_precision_first_then_quantized_from_the_epoch_alone() -> None:
+    from nas_kd.pipeline import study_data
+    from nas_kd.train import make_trainer
+
+    study = study_from_dict(
+        {"name": "q", "data": {"dataset": "digits"}, "train": {"epochs": 3, "quant_warmup_epochs": 2}}
+    )
+    data = study_data(study, torch.device("cpu"))
+    arch = genome("cnn", weight_bits=4, act_bits=4)
+    trainer = make_trainer(arch, data, study.train, 0, augment=False)
+    proxies = [m for m in trainer.distiller.student.modules() if hasattr(m, "disable_quant")]
+    disabled = []
+    for _ in range(3):
+        trainer.run_epoch()
+        disabled.append({m.disable_quant for m in proxies})
+    assert disabled == [{True}, {True}, {False}]  # epochs 1-2 fp32, epoch 3 quantization-aware
+    resumed = make_trainer(arch, data, study.train, 0, augment=False)  # a fresh process resuming at epoch 2
+    state = trainer.state_dict()
+    resumed.load_state_dict({**state, "epoch": 2})
+    resumed.run_epoch()
+    assert {m.disable_quant for m in resumed.distiller.student.modules() if hasattr(m, "disable_quant")} == {False}
+
+
+def test_a_warm_up_as_long_as_the_training_is_rejected() -> None:
+    with pytest.raises(StudyError) as error:
+        study_from_dict({"name": "q", "train": {"epochs": 3, "quant_warmup_epochs": 3}})
+    assert error.value.field == "train.quant_warmup_epochs"
