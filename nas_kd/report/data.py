@@ -542,6 +542,49 @@ def gapped(frame: pd.DataFrame, x: str, y: str, by: str = "trial_id") -> tuple[l
     return xs, ys, keys
 
 
+# ---------------------------------------------------------------- bit widths
+
+
+def bit_labels(trials: pd.DataFrame) -> pd.Series | None:
+    """Each trial's bit widths as a short label ("fp32", "w4a4", "w4a8", per-stage "w4/2a4/2"), or None
+    when no trial of the run is quantized (the report then draws no bit-width markers).
+
+    Read from trials.csv's ``weight_bits``/``act_bits`` columns (32 = full precision); a row without them
+    (an older run, a failed trial) is "?".
+    """
+    if "weight_bits" not in trials or "act_bits" not in trials:
+        return None
+    weights, acts = trials["weight_bits"].map(_bits_text), trials["act_bits"].map(_bits_text)
+    if not ((weights != "32") & (weights != "?")).any():
+        return None
+    labels = ["fp32" if w == "32" else "?" if w == "?" else f"w{w}a{a}" for w, a in zip(weights, acts, strict=True)]
+    return pd.Series(labels, index=trials.index)
+
+
+def _bits_text(value: Any) -> str:
+    text = _text(value)
+    if not text:
+        return "?"
+    try:  # a CSV reads 4 as 4.0
+        return str(int(float(text)))
+    except ValueError:
+        return text  # per-stage widths, "4/2"
+
+
+def bit_order(labels: Iterable[str]) -> list[str]:
+    """Labels from the widest to the narrowest (fp32 first, unknown last), for a stable legend."""
+
+    def key(label: str) -> tuple[float, float, str]:
+        if label == "fp32":
+            return (-math.inf, -math.inf, label)
+        widths = label[1:].split("a")[0].split("/")
+        if not all(x.isdigit() for x in widths):
+            return (math.inf, math.inf, label)
+        return (-min(int(x) for x in widths), -max(int(x) for x in widths), label)  # narrowest stage decides
+
+    return sorted(set(labels), key=key)
+
+
 # ---------------------------------------------------------------- Pareto table
 
 
@@ -553,10 +596,12 @@ def pareto_table(trials: pd.DataFrame, category: pd.Series, size: str, paths: Ma
     """
     members = trials[category == PARETO].sort_values(size, kind="stable")
     settings = distiller_text(members)
+    bits = bit_labels(trials)  # "" in every row of a run without quantized students
     return pd.DataFrame(
         {
             "trial_id": members["trial_id"],
             "arch_summary": members["arch_summary"],
+            "bits": bits[members.index] if bits is not None else "",
             "distiller": settings,
             "val_accuracy": members["val_accuracy"],
             "test_accuracy": members["test_accuracy"],

@@ -32,6 +32,18 @@ REFERENCE_DASH = {"teacher": "dash", "assistant": "dot"}
 WEBGL_POINTS = 1000  # a trace with more points than this is drawn with WebGL (Scattergl): SVG slows to a crawl
 
 
+# Marker shapes by bit width (runs with quantized students): complete trials take the shape of their bits,
+# the other categories keep their own open shapes. Widest first, as bit_order lists them.
+BIT_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "pentagon", "hexagon", "star-triangle-up", "cross")
+BIT_SHAPED = (d.PARETO, d.DOMINATED)
+
+
+def bit_symbols(labels: pd.Series) -> dict[str, str]:
+    """Each bit-width label's marker shape, fp32 (the widest) a circle as in an unquantized run."""
+    order = d.bit_order(labels)
+    return {label: BIT_SYMBOLS[i % len(BIT_SYMBOLS)] for i, label in enumerate(order)}
+
+
 def scatter(points: int, **trace: object) -> go.Scatter | go.Scattergl:
     """A scatter trace: SVG for a few points, WebGL past ``WEBGL_POINTS`` (a 10,000-trial study)."""
     return (go.Scattergl if points > WEBGL_POINTS else go.Scatter)(**trace)
@@ -162,10 +174,12 @@ def pareto_figure(
         fig = make_subplots(rows=2, cols=2, horizontal_spacing=0.09, vertical_spacing=0.14, subplot_titles=titles)
         height = 860
     two_objectives = len(panels) == 2
+    bits = d.bit_labels(trials)
+    symbols = bit_symbols(bits) if bits is not None else {}
     for index, (row, col, x, y) in enumerate(panels):
         x_values = [*trials[x], *teachers.get(x, [])]
         floor_y = floor if y == "val_accuracy" else None  # no-accuracy trials once, on the validation panel
-        _scatter_panel(fig, row, col, trials, category, hover, x, y, floor_y, index == 0)
+        _scatter_panel(fig, row, col, trials, category, hover, x, y, floor_y, index == 0, bits, symbols)
         if x in d.ACCURACY_COLUMNS:  # accuracy against accuracy: linear percent axes, no size references
             fig.update_xaxes(range=y_range, title_text=f"{ACCURACY_AXES[x]} (%)", row=row, col=col)
             fig.update_yaxes(range=y_range, title_text=f"{ACCURACY_AXES[y]} (%)", row=row, col=col)
@@ -181,7 +195,16 @@ def pareto_figure(
         else:
             fig.update_yaxes(**_log_axis(trials[y], f"{d.SIZE_LABELS[y]}, log scale"), row=row, col=col)
         fig.update_xaxes(**_log_axis(x_values, f"{d.SIZE_LABELS[x]}, log scale"), row=row, col=col)
+    for label, symbol in symbols.items():  # a legend of shapes only (no points): the bits of each marker
+        fig.add_trace(
+            go.Scatter(
+                x=[None], y=[None], mode="markers", name=f"shape: {label}", legendgroup="bits",
+                marker={"symbol": symbol, "size": 9, "color": "#555555"},
+            )
+        )  # fmt: skip
     subtitle = "Failed and rejected trials without an accuracy sit along the bottom of the validation panel. Hover a point for details."
+    if symbols:
+        subtitle += " Marker shape: the student's weight/activation bits."
     return _style(fig, title, height, subtitle=subtitle)
 
 
@@ -200,6 +223,8 @@ def _scatter_panel(
     y: str,
     floor: float | None,
     legend: bool,
+    bits: pd.Series | None = None,
+    symbols: Mapping[str, str] | None = None,
 ) -> None:
     for name in d.CATEGORIES:
         subset = trials[category == name]
@@ -211,8 +236,10 @@ def _scatter_panel(
         keep = np.isfinite(subset[x]) & np.isfinite(ys)
         if not keep.any():
             continue
-        style = dict(STYLE[name])
+        style: dict[str, object] = dict(STYLE[name])
         opacity = style.pop("opacity", 1.0)
+        if bits is not None and symbols and name in BIT_SHAPED:
+            style["symbol"] = [symbols[label] for label in bits[subset.index[keep]]]
         fig.add_trace(
             scatter(
                 int(keep.sum()), x=subset.loc[keep, x], y=ys[keep], mode="markers", name=f"{name} ({int(keep.sum())})",

@@ -165,15 +165,17 @@ def _capacity_section(run: RunData, colors: dict[str, str]) -> Section:
 def pareto_table_html(table: pd.DataFrame, size: str) -> str:
     if table.empty:
         return '<p class="empty">No Pareto members yet: the front needs COMPLETE trials.</p>'
+    quantized = bool(table["bits"].astype(bool).any())  # a bits column only when the run has quantized students
     header = [
-        "trial", "architecture", "distiller", "val acc (%)", "test acc (%)", "params", "FLOPs", "size (bytes)",
-        "latency (ms)", "epochs", "load the student",
+        "trial", "architecture", *(["bits"] if quantized else []), "distiller", "val acc (%)", "test acc (%)",
+        "params", "FLOPs", "size (bytes)", "latency (ms)", "epochs", "load the student",
     ]  # fmt: skip
     rows = []
     for _, r in table.iterrows():
         cells = [
             html.escape(str(r["trial_id"])),
             html.escape(r["arch_summary"]),
+            *([html.escape(r["bits"])] if quantized else []),
             html.escape(r["distiller"]),
             _fmt(r["val_accuracy"], ".2f"),
             _fmt(r["test_accuracy"], ".2f"),

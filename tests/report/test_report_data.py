@@ -319,6 +319,28 @@ def test_pareto_table_sorted_with_paths() -> None:
     assert list(out["student_path"]) == ["/runs/x/students/small", ""]
 
 
+def test_bit_labels_name_each_students_widths_and_the_table_lists_them() -> None:
+    trials = table(
+        {"trial_id": "fp", "val_accuracy": 95.0, "params": 5000, "weight_bits": 32, "act_bits": 32},
+        {"trial_id": "w2", "val_accuracy": 90.0, "params": 100, "weight_bits": 2, "act_bits": 2},
+        {"trial_id": "w4", "val_accuracy": 93.0, "params": 500, "weight_bits": "4.0", "act_bits": 8},
+        {"trial_id": "mix", "val_accuracy": 80.0, "params": 6000, "weight_bits": "4/2", "act_bits": "4/2"},
+        {"trial_id": "old", "val_accuracy": 70.0, "params": 7000},
+    )
+    labels = d.bit_labels(trials)
+    assert labels is not None and list(labels) == ["fp32", "w2a2", "w4a8", "w4/2a4/2", "?"]
+    assert d.bit_order(labels) == ["fp32", "w4a8", "w4/2a4/2", "w2a2", "?"]  # widest first, unknown last
+    category = d.classify(trials, ["val_accuracy", "params"], ["maximize", "minimize"])
+    assert list(d.pareto_table(trials, category, "params", {})["bits"]) == ["w2a2", "w4a8", "fp32"]
+    plain = table({"val_accuracy": 95.0, "params": 5000, "weight_bits": 32, "act_bits": 32}, {"val_accuracy": 90.0})
+    assert d.bit_labels(plain) is None  # no quantized student: no bit markers, an empty bits column
+    assert list(
+        d.pareto_table(plain, d.classify(plain, ["val_accuracy", "params"], ["maximize", "minimize"]), "params", {})[
+            "bits"
+        ]
+    ) == [""]
+
+
 def test_learning_curves_keep_the_last_line_of_an_epoch_trained_again() -> None:
     trials = table({"trial_id": "a", "val_accuracy": 90.0, "params": 10})
     curves = pd.DataFrame({"trial_id": ["a", "a", "a"], "epoch": [1, 2, 2], "val_accuracy": [50, 60, 65]})
