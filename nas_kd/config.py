@@ -31,6 +31,7 @@ from nas_kd.space import SpaceError, load_space, load_space_spec
 OBJECTIVES = ("params", "flops", "model_bytes", "latency_ms")
 # Measured by training, maximised like val_accuracy: robust_accuracy needs the search.robust block.
 ACCURACY_OBJECTIVES = ("robust_accuracy",)
+Precision = Literal["auto", "fp32", "bf16"]  # train.precision
 
 
 class StudyError(ValueError):
@@ -109,6 +110,10 @@ class TrainConfig(Strict):
     # torch.compile the student: true, false, or auto (on only for runs long enough to repay the compile
     # time; see nas_kd.train.should_compile). A speed setting, not part of the recipe's identity.
     compile: bool | Literal["auto"] = "auto"
+    # Training arithmetic: bf16 autocast or plain fp32. auto: bf16 on CUDA GPUs that support it, fp32 on CPU
+    # (bf16 is an opt-in there: faster on CPUs with AVX512-BF16 or AMX, slower elsewhere). Accuracy is always
+    # measured in fp32. Explicit values are part of the recipe's identity; auto is not (as before).
+    precision: Precision = "auto"
     # Quantized students: train this many first epochs in full precision (quantizers off), then
     # quantization-aware for the rest (the warm-start recipe); unset or 0: quantized from the first step.
     quant_warmup_epochs: int | None = Field(None, ge=0)
@@ -124,7 +129,8 @@ class TrainConfig(Strict):
     def identity(self) -> dict[str, Any]:
         """What fixes a model trained with this recipe (cache keys). Unset options are left out, so adding
         an option keeps the keys of models cached before it existed; speed settings are left out too."""
-        return self.model_dump(exclude_none=True, exclude={"compile"})
+        auto = {"precision"} if self.precision == "auto" else set()
+        return self.model_dump(exclude_none=True, exclude={"compile", *auto})
 
 
 class ModelSource(Strict):

@@ -7,6 +7,7 @@ import io
 import pytest
 import torch
 
+import nas_kd.train
 from nas_kd.arch import build_model
 from nas_kd.config import TrainConfig
 from nas_kd.data import load_dataset
@@ -122,8 +123,33 @@ def test_samples_per_epoch_beyond_the_split_is_the_whole_split(digits) -> None:
 
 def test_unset_options_leave_cache_identities_unchanged() -> None:
     """Models cached before ``samples_per_epoch`` existed keep their keys; setting it makes a new one."""
-    # compile is a speed setting, never part of the identity
-    unset = {"samples_per_epoch", "quant_warmup_epochs", "compile"}
+    # compile is a speed setting, never part of the identity; precision auto keeps the keys it had before
+    unset = {"samples_per_epoch", "quant_warmup_epochs", "compile", "precision"}
     assert TrainConfig().identity() == TrainConfig().model_dump(exclude=unset)
     assert TrainConfig(samples_per_epoch=5000).identity()["samples_per_epoch"] == 5000
     assert TrainConfig(quant_warmup_epochs=2).identity()["quant_warmup_epochs"] == 2  # another recipe, another key
+    assert TrainConfig(precision="fp32").identity()["precision"] == "fp32"
+    assert TrainConfig(precision="bf16").identity() != TrainConfig(precision="fp32").identity()
+
+
+@pytest.mark.parametrize(
+    ("precision", "native", "expected"),
+    [
+        ("fp32", True, torch.float32),
+        ("bf16", False, torch.bfloat16),
+        ("auto", True, torch.bfloat16),
+        ("auto", False, torch.float32),
+    ],
+)
+def test_precision_sets_the_training_arithmetic_and_evaluation_stays_fp32(
+    digits, monkeypatch: pytest.MonkeyPatch, precision: str, native: bool, expected: torch.dtype
+) -> None:
+    """auto follows the hardware (native bf16 or not); explicit values do not look at it."""
+    monkeypatch.setattr(nas_kd.train, "auto_bf16", lambda device_type: native)
+    trainer = make_trainer(digits, TrainConfig(epochs=1, batch_size=256, precision=precision))
+    dtypes: list[torch.dtype] = []
+    trainer.distiller.student.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    trainer.run_epoch()  # training steps, then the fp32 validation pass
+    steps = trainer.steps_per_epoch
+    assert set(dtypes[:steps]) == {expected}
+    assert set(dtypes[steps:]) == {torch.float32} and len(dtypes) > steps

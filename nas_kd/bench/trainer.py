@@ -4,8 +4,10 @@ Same student, same data on the same device, same optimizer and schedule. Arms (`
 ``compiled``), rotated each repeat so that machine noise hits all of them alike:
 
 - ``minimal``: a minimal hand-written fp32 PyTorch loop with cross-entropy, torch's defaults (the baseline);
-- ``tuned``: ``Trainer`` with the ``ce`` distiller, as it trains every student (channels_last, foreach optimizer);
-- ``compiled``: the same with ``train.compile: true`` (its compile time, warm-up epoch minus median, is printed);
+- ``tuned``: ``Trainer`` with the ``ce`` distiller, as it trains every student (channels_last, foreach optimizer,
+  the study's ``train.precision``: auto is fp32 on CPU);
+- ``bf16``: the same with ``train.precision: bf16`` (bf16 autocast: faster on CPUs with AVX512-BF16 or AMX);
+- ``compiled``: ``tuned`` with ``train.compile: true`` (its compile time, warm-up epoch minus median, is printed);
 - ``cached``: ``Trainer`` with ``offline`` KD reading the teacher's cached logits;
 - ``live``: ``Trainer`` with ``offline`` KD and a live teacher forward on every batch.
 
@@ -21,6 +23,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,17 +34,18 @@ from nas_kd.config import Study, load_study, parse_override
 from nas_kd.data import Dataset, batches
 from nas_kd.distill import Teacher
 from nas_kd.pipeline import build_trainer, ready_teachers, resolve_device, study_data
-from nas_kd.train import autocast, epoch_size, make_optimizer, make_schedule
+from nas_kd.train import epoch_size, make_optimizer, make_schedule, uses_bf16
 
 DEFAULT_STUDY = "studies/fashion_mnist.yaml"
 ARMS = {
     "minimal": "minimal fp32 loop (ce)",
     "tuned": "trainer ce (tuned)",
+    "bf16": "trainer ce (tuned), precision bf16",
     "compiled": "trainer ce, compiled",
     "cached": "trainer offline, cached logits",
     "live": "trainer offline, live teacher",
 }
-DEFAULT_ARMS = ("minimal", "tuned", "cached", "live")
+DEFAULT_ARMS = ("minimal", "tuned", "bf16", "cached", "live")
 VALIDATION_IMAGES = 1024
 
 
@@ -55,13 +59,16 @@ def minimal_loop(study, data: Dataset, arch: dict, seed: int) -> Callable[[], fl
     optimizer = make_optimizer(list(model.parameters()), cfg, foreach=None)  # torch's default
     schedule = make_schedule(optimizer, cfg, steps * 1000)
     generator = torch.Generator(data.train.device).manual_seed(seed)
+    # Batches in torch's default NCHW layout, as a DataLoader's collate gives them. The stored images are a
+    # permuted NHWC decode, which convolutions read as channels_last: it would hand the baseline the tuned
+    # layout by accident (for one channel the two layouts differ only in strides, and oneDNN reads those).
+    train = replace(data.train, x=data.train.x.clone(memory_format=torch.contiguous_format))
 
     def epoch() -> float:
         model.train()
         start = time.perf_counter()
-        for index in batches(len(data.train), cfg.batch_size, generator, data.train.device, limit=images):
-            with autocast(data.train.device):
-                loss = F.cross_entropy(model(data.train.batch(index)), data.train.y[index])
+        for index in batches(len(train), cfg.batch_size, generator, train.device, limit=images):
+            loss = F.cross_entropy(model(train.batch(index)), train.y[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -73,9 +80,10 @@ def minimal_loop(study, data: Dataset, arch: dict, seed: int) -> Callable[[], fl
 
 
 def trainer_arm(
-    study: Study, data: Dataset, teachers: list[Teacher], arch: dict, distiller: str, compile: bool = False
+    study: Study, data: Dataset, teachers: list[Teacher], arch: dict, distiller: str, **recipe: Any
 ) -> Callable[[], float]:
-    train = study.train.model_copy(update={"compile": compile})
+    """``recipe``: train settings changed for this arm (compile, precision)."""
+    train = study.train.model_copy(update={"compile": False, **recipe})
     trainer = build_trainer(study.model_copy(update={"train": train}), data, teachers, arch, distiller, {}, study.seed)
     return lambda: trainer.run_epoch().seconds
 
@@ -106,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     builders: dict[str, Callable[[], Callable[[], float]]] = {
         "minimal": lambda: minimal_loop(study, data, arch, study.seed),
         "tuned": lambda: trainer_arm(study, data, [], arch, "ce"),
+        "bf16": lambda: trainer_arm(study, data, [], arch, "ce", precision="bf16"),
         "compiled": lambda: trainer_arm(study, data, [], arch, "ce", compile=True),
         "cached": lambda: trainer_arm(study, data, [cached[0].as_teacher(device)], arch, "offline"),
         "live": lambda: trainer_arm(study, data, [cached[0].as_teacher(device, cached_logits=False)], arch, "offline"),
@@ -119,11 +128,14 @@ def run(args: argparse.Namespace) -> int:
             times[name] += [arms[name]() for _ in range(epochs)]
 
     median = {name: statistics.median(t) for name, t in times.items()}
+    precision = study.train.precision
+    resolved = "bf16" if uses_bf16(precision, device) else "fp32"
     teacher = f", teacher {cached[0].info['params']:,} params" if cached else ""
     print(
         f"\n{study.name}: student {arch_summary(arch)}{teacher}, "
         f"{images} training images per epoch, batch {study.train.batch_size}, {device}, "
-        f"{torch.get_num_threads()} threads; median of {len(times[names[0]])} epochs per arm\n"
+        f"{torch.get_num_threads()} threads; median of {len(times[names[0]])} epochs per arm; "
+        f"train.precision {precision} is {resolved} here\n"
     )
     print("| arm | s/epoch (median) | images/s | throughput | cost vs trainer ce |")
     print("|---|---|---|---|---|")

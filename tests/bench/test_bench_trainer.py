@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
+import nas_kd.bench.trainer
 from nas_kd.bench import BenchError
-from nas_kd.bench.trainer import chosen_arms
+from nas_kd.bench.trainer import chosen_arms, minimal_loop
 from nas_kd.cli import main
+from nas_kd.config import load_study
+from nas_kd.pipeline import study_data
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "studies" / "quickstart.yaml"
 
 
 def test_arms_always_include_the_baseline_in_a_fixed_order() -> None:
-    assert chosen_arms(None) == ["minimal", "tuned", "cached", "live"]
+    assert chosen_arms(None) == ["minimal", "tuned", "bf16", "cached", "live"]
     assert chosen_arms("live,tuned") == ["minimal", "tuned", "live"]
     with pytest.raises(BenchError, match=r"--arms: unknown \['fast'\]"):
         chosen_arms("tuned,fast")
@@ -40,3 +45,28 @@ def test_prints_each_arm_against_the_minimal_loop(tmp_path: Path, capsys: pytest
     assert rows[0][3].strip() == "1.00x the minimal loop"
     assert all(r[3].strip().endswith("x the minimal loop") and float(r[3].split("x")[0]) > 0 for r in rows)
     assert rows[2][4].strip().endswith("x") and not rows[1][4].strip()  # the KD arm's cost vs trainer ce
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_minimal_loop_feeds_torch_default_layout(channels: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images decoded as NHWC and permuted (as torchvision's and folder datasets are) are read by convolutions
+    as channels_last; the baseline must see what a DataLoader gives (NCHW-contiguous strides), or it gets the
+    tuned layout for free."""
+    study = load_study(QUICKSTART, {"train.samples_per_epoch": 64})
+    data = study_data(study, torch.device("cpu"))
+    nhwc = data.train.x.permute(0, 2, 3, 1).repeat(1, 1, 1, channels).contiguous()
+    mean, std = data.train.mean.repeat(channels), data.train.std.repeat(channels)
+    data = replace(data, train=replace(data.train, x=nhwc.permute(0, 3, 1, 2), mean=mean, std=std))
+    strides: list[tuple[int, ...]] = []
+    build = nas_kd.bench.trainer.build_model
+
+    def recording_model(arch, input_shape, num_classes):
+        model = build(arch, data.train.x.shape[1:], num_classes)
+        model.register_forward_pre_hook(lambda module, args: strides.append(args[0].stride()))
+        return model
+
+    monkeypatch.setattr(nas_kd.bench.trainer, "build_model", recording_model)
+    minimal_loop(study, data, study.student.genome(), seed=0)()
+    _, c, h, w = data.train.x.shape
+    assert data.train.x.stride() != (c * h * w, h * w, w, 1)  # the stored layout is the other one
+    assert strides and set(strides) == {(c * h * w, h * w, w, 1)}
