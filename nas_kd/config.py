@@ -192,6 +192,11 @@ class TeacherConfig(ModelSource):
     input: TeacherInput | None = None
     train: TrainConfig | None = None  # defaults to the study's train block
     seed: int | None = None  # defaults to the study's seed
+    # Keep the teacher's logits, stage features and embedding of every training image on disk (fp16, memory
+    # mapped, made once per teacher), so that feature and relation knowledge on un-augmented data read them
+    # instead of running the teacher on every batch. Its size (per image: the sum of the stage outputs, 2 bytes
+    # each) is checked against the free disk at validate time.
+    cache_features: bool = False
 
     @model_validator(mode="after")
     def _weights(self) -> TeacherConfig:
@@ -290,7 +295,13 @@ class Study(Strict):
     path: str | None = Field(None, exclude=True)  # where it was loaded from
 
     def all_teachers(self) -> list[TeacherConfig]:
-        return ([self.teacher] if self.teacher else []) + list(self.teachers)
+        return [teacher for _, teacher in self.named_teachers()]
+
+    def named_teachers(self) -> list[tuple[str, TeacherConfig]]:
+        """Every teacher with its field in the study file (``teacher``, ``teachers.0``, ...)."""
+        return ([("teacher", self.teacher)] if self.teacher else []) + [
+            (f"teachers.{i}", teacher) for i, teacher in enumerate(self.teachers)
+        ]
 
     def teacher_train(self, teacher: TeacherConfig) -> TrainConfig:
         return teacher.train or self.train
@@ -360,7 +371,18 @@ def study_from_dict(raw: Any, source: str | Path = "<study>", base: Path | None 
     except SpaceError as error:
         raise StudyError(source, f"search.space{error.where}", str(error)) from None
     _check_quant(study, source)
+    _check_feature_cache(study, source)
     return study
+
+
+def _check_feature_cache(study: Study, source: str | Path) -> None:
+    """Cached features are of the un-augmented images: with augmentation they would never be read."""
+    if not study.data.augment:
+        return
+    for field, teacher in study.named_teachers():
+        if teacher.cache_features:
+            raise StudyError(source, f"{field}.cache_features", "features of augmented batches cannot be cached "
+                             "(data.augment is on); turn one of them off")  # fmt: skip
 
 
 def load_plugins(entries: Any, source: str | Path, base: Path) -> list[str]:
@@ -377,8 +399,7 @@ def load_plugins(entries: Any, source: str | Path, base: Path) -> list[str]:
 
 def _check_quant(study: Study, source: str | Path) -> None:
     """A genome's ``quant`` block (bit widths, family) is checked here, before anything trains."""
-    sources = [("teacher", study.teacher), *((f"teachers.{i}", t) for i, t in enumerate(study.teachers))]
-    for field, model_source in [*sources, ("student", study.student)]:
+    for field, model_source in [*study.named_teachers(), ("student", study.student)]:
         if model_source is None or model_source.torchvision is not None:
             continue
         arch = model_source.genome()

@@ -3,7 +3,8 @@
 A cached model lives in ``<runs_dir>/_cache/models/<key>/`` where ``key`` hashes everything that
 determines it (dataset and split, architecture, how it is trained, seed). Concurrent requests for
 the same key train it once: a file lock serialises them and the folder appears by atomic rename.
-Its fp16 logits on the un-augmented training split are stored beside it.
+Its fp16 logits on the un-augmented training split are stored beside it; with ``teacher.cache_features``
+also its stage features and embedding, in ``<key>.features/`` (memory-mapped .npy files).
 
 A teacher the user brings with weights (torchvision, timm, their own module) or as a saved folder
 (``model_dir``) is never trained: it is evaluated once and cached the same way, keyed by the weights'
@@ -15,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +29,12 @@ from torch import nn
 
 from nas_kd.arch import build_model, count_flops, count_params
 from nas_kd.arch.external import ModelSourceError, WeightsError, load_weights
+from nas_kd.arch.inference import frozen_for_inference
 from nas_kd.checkpoint import load_student, read_model_info, save_model_dir
 from nas_kd.config import Study, StudyError, TeacherConfig, TrainConfig
 from nas_kd.console import progress_bar
 from nas_kd.data import Dataset
-from nas_kd.distill import Teacher
+from nas_kd.distill import Outputs, Teacher
 from nas_kd.train import evaluate, make_trainer
 
 
@@ -40,9 +43,72 @@ def content_key(payload: dict[str, Any]) -> str:
 
 
 @dataclass
+class TrainFeatures:
+    """A teacher's fp16 logits, stage features and embedding of every training row (``FeatureRows``), read
+    memory-mapped: the OS page cache holds them once for all the trials of a machine, and a batch reads only
+    its own rows."""
+
+    logits: np.ndarray
+    stages: list[np.ndarray]
+    embedding: np.ndarray
+
+    @classmethod
+    def open(cls, folder: Path) -> TrainFeatures:
+        stages = json.loads((folder / "features.json").read_text())["stages"]
+
+        def load(name: str) -> np.ndarray:
+            return np.load(folder / f"{name}.npy", mmap_mode="r")
+
+        return cls(load("logits"), [load(f"stage{i}") for i in range(stages)], load("embedding"))
+
+    def rows(self, index: torch.Tensor, device: torch.device) -> Outputs:
+        rows = index.cpu().numpy()
+
+        def take(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.asarray(array[rows])).to(device).float()  # fancy indexing copies
+
+        return Outputs(take(self.logits), [take(stage) for stage in self.stages], take(self.embedding))
+
+
+def feature_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes per image that ``teacher.cache_features`` stores for ``model`` (fp16), from a forward of ``x``."""
+    with torch.no_grad():
+        logits, stages, embedding = model.eval().forward_features(x)
+    return 2 * sum(value[0].numel() for value in (logits, *stages, embedding))
+
+
+@torch.no_grad()
+def write_train_features(model: nn.Module, data: Dataset, folder: Path, batch_size: int = 512) -> None:
+    """Store ``TrainFeatures`` of ``model`` on the un-augmented training split in ``folder`` (made whole by an
+    atomic rename). Raises ValueError if a value does not fit in float16."""
+    runner, train = frozen_for_inference(model), data.train  # as live forwards run it
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    arrays: dict[str, np.ndarray] = {}
+    for start in range(0, len(train), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(train)), device=train.device)
+        logits, stages, embedding = runner.forward_features(train.batch(index))
+        outputs = {"logits": logits, **{f"stage{i}": stage for i, stage in enumerate(stages)}, "embedding": embedding}
+        for name, value in outputs.items():
+            half = value.float().to(torch.float16)
+            if not torch.isfinite(half).all():
+                raise ValueError(f"the teacher's {name} exceed float16's range (largest {value.abs().max():.3g})")
+            if name not in arrays:
+                shape = (len(train), *half.shape[1:])
+                arrays[name] = np.lib.format.open_memmap(partial / f"{name}.npy", "w+", np.float16, shape)
+            arrays[name][start : start + len(index)] = half.cpu().numpy()
+    for array in arrays.values():
+        array.flush()
+    (partial / "features.json").write_text(json.dumps({"stages": len(arrays) - 2, "rows": len(train)}))
+    partial.rename(folder)
+
+
+@dataclass
 class CachedModel:
     path: Path
     info: dict[str, Any]
+    features: Path | None = None  # its TrainFeatures folder, when the study caches them
 
     @property
     def key(self) -> str:
@@ -54,14 +120,31 @@ class CachedModel:
     def train_logits(self, device: torch.device | str) -> torch.Tensor:
         return torch.from_numpy(np.load(self.path / "train_logits.npy")).to(device)
 
-    def as_teacher(self, device: torch.device | str, cached_logits: bool = True) -> Teacher:
+    def as_teacher(self, device: torch.device | str, cached: bool = True) -> Teacher:
+        """The frozen teacher; ``cached``: reading its cached logits (and features, if made), else live only."""
         return Teacher(
             self.load(device),
-            self.train_logits(device) if cached_logits else None,
+            self.train_logits(device) if cached else None,
             name=self.info.get("name", self.key),
             params=int(self.info["params"]),
             val_accuracy=self.info.get("val_accuracy"),
+            train_features=TrainFeatures.open(self.features) if self.features and cached else None,
         )
+
+    def with_train_features(self, data: Dataset, log: Callable[[str], None] = print) -> CachedModel:
+        """This model with its ``TrainFeatures``, written once (``<key>.features`` beside it)."""
+        folder = self.path.with_name(f"{self.key}.features")
+        with FileLock(str(self.path.with_name(f"{self.key}.lock"))):
+            if not (folder / "features.json").exists():
+                model = self.load(data.train.device)
+                x = data.train.batch(torch.arange(1, device=data.train.device))
+                size = feature_bytes(model, x) * len(data.train)
+                log(f"caching the features of {self.info.get('name', self.key)} ({self.key}) on "
+                    f"{len(data.train):,} training images: {size / 1e9:.2f} GB ...")  # fmt: skip
+                start = time.perf_counter()
+                write_train_features(model, data, folder)
+                log(f"features cached in {time.perf_counter() - start:.0f} s")
+        return replace(self, features=folder)
 
 
 def cache_root(runs_dir: str | Path) -> Path:
@@ -232,17 +315,12 @@ def build_teacher(teacher: TeacherConfig, data: Dataset) -> nn.Module:
     return model.to(data.train.device).eval()
 
 
-def _teacher_field(study: Study, i: int) -> str:
-    return "teacher" if study.teacher is not None and i == 0 else f"teachers.{i - (study.teacher is not None)}"
-
-
 def check_teachers(study: Study, data: Dataset) -> list[nn.Module]:
     """Build every teacher of the study and load its weights; a teacher that cannot be built, weights that do
     not fit, feature nodes that do not exist or outputs that do not match the data's classes raise one
     ``StudyError`` naming the field. Returns the built teachers (``nas-kd validate`` calls this)."""
     built = []
-    for i, teacher in enumerate(study.all_teachers()):
-        field = _teacher_field(study, i)
+    for field, teacher in study.named_teachers():
         source = next(k for k in teacher.SOURCES if getattr(teacher, k) is not None)
         try:
             model = build_teacher(teacher, data)
@@ -266,8 +344,27 @@ def check_teachers(study: Study, data: Dataset) -> list[nn.Module]:
                 f"{field}.{source}",
                 f"the teacher outputs {list(logits.shape[1:])} classes per image, the data has {data.num_classes}",
             )
+        if teacher.cache_features:
+            _check_feature_room(study, teacher, field, model, data)
         built.append(model)
     return built
+
+
+def _check_feature_room(study: Study, teacher: TeacherConfig, field: str, model: nn.Module, data: Dataset) -> None:
+    """``cache_features`` must fit on the disk of ``runs_dir`` (unless that teacher's features are there)."""
+    root = cache_root(study.runs_dir)
+    if (root / f"{content_key(teacher_payload(study, teacher, data))}.features" / "features.json").exists():
+        return
+    needed = feature_bytes(model, data.val.batch(torch.arange(1, device=data.train.device))) * len(data.train)
+    existing = next(folder for folder in (root, *root.parents) if folder.exists())
+    free = shutil.disk_usage(existing).free
+    if needed > 0.9 * free:  # leave room for checkpoints and the reports
+        raise StudyError(
+            study.path or "<study>",
+            f"{field}.cache_features",
+            f"the features of {len(data.train):,} training images need {needed / 1e9:.1f} GB; {existing} has "
+            f"{free / 1e9:.1f} GB free",
+        )
 
 
 def prepare_teachers(study: Study, data: Dataset, log: Callable[[str], None] = print) -> list[CachedModel]:
@@ -275,7 +372,7 @@ def prepare_teachers(study: Study, data: Dataset, log: Callable[[str], None] = p
     loaded from the cache."""
     check_teachers(study, data)
     ready = []
-    for i, teacher in enumerate(study.all_teachers()):
+    for i, (field, teacher) in enumerate(study.named_teachers()):
         payload = teacher_payload(study, teacher, data)
         name = f"teacher{i}" if len(study.all_teachers()) > 1 else "teacher"
 
@@ -301,7 +398,13 @@ def prepare_teachers(study: Study, data: Dataset, log: Callable[[str], None] = p
             return model, {**accuracies(model, data), "epochs": 0, "pretrained": True, "weights": weights}
 
         make, action = (evaluate_fn, "evaluating (not training)") if teacher.pretrained else (train_fn, "training")
-        ready.append(cached_model(root, payload, make, data, name, log, action))
+        cached = cached_model(root, payload, make, data, name, log, action)
+        if teacher.cache_features:
+            try:
+                cached = cached.with_train_features(data, log)
+            except ValueError as error:
+                raise StudyError(study.path or "<study>", f"{field}.cache_features", str(error)) from None
+        ready.append(cached)
     return ready
 
 
@@ -312,11 +415,13 @@ def teacher_bundle(cached: CachedModel) -> dict[str, Any]:
         "info": cached.info,
         "weights": {k: v.numpy() for k, v in model.state_dict().items()},
         "train_logits": np.load(cached.path / "train_logits.npy"),
+        "features": str(cached.features) if cached.features else None,  # a path: the arrays are too big to ship
     }
 
 
 def teacher_from_bundle(bundle: dict[str, Any], device: torch.device | str) -> Teacher:
     info = bundle["info"]
+    features = Path(bundle["features"]) if bundle.get("features") else None
     model = build_model(info["arch"], tuple(info["input_shape"]), info["num_classes"])
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in bundle["weights"].items()})
     return Teacher(
@@ -325,4 +430,6 @@ def teacher_from_bundle(bundle: dict[str, Any], device: torch.device | str) -> T
         name=info.get("name", "teacher"),
         params=int(info["params"]),
         val_accuracy=info.get("val_accuracy"),
+        # On a node without the run directory (a cluster without a shared file system) the teacher runs live.
+        train_features=TrainFeatures.open(features) if features and (features / "features.json").exists() else None,
     )

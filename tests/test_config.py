@@ -51,6 +51,7 @@ CASES = [
     ({"distiller": {"name": "offline", "alpha": {"low": 0.5, "high": 2.0}}}, "distiller.alpha", "less than or equal"),
     ({"teacher.arch_file": "missing.json"}, "teacher", "exactly one"),
     ({"resources.gpu": -1}, "resources.gpu", "greater than or equal to 0"),
+    ({"data.augment": True, "teacher.cache_features": True}, "teacher.cache_features", "augmented batches"),
 ]
 
 

@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         "bf16": lambda: trainer_arm(study, data, [], arch, "ce", precision="bf16"),
         "compiled": lambda: trainer_arm(study, data, [], arch, "ce", compile=True),
         "cached": lambda: trainer_arm(study, data, [cached[0].as_teacher(device)], arch, "offline"),
-        "live": lambda: trainer_arm(study, data, [cached[0].as_teacher(device, cached_logits=False)], arch, "offline"),
+        "live": lambda: trainer_arm(study, data, [cached[0].as_teacher(device, cached=False)], arch, "offline"),
     }
     arms = {name: builders[name]() for name in names}
     epochs = args.epochs or 1

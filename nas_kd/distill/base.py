@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -41,15 +41,25 @@ def run(model: nn.Module, x: torch.Tensor, features: bool) -> Outputs:
     return Outputs(*model.forward_features(x)) if features else Outputs(model(x))
 
 
+class FeatureRows(Protocol):
+    """A teacher's forward with features, stored for every un-augmented training row (``teacher.cache_features``)."""
+
+    def rows(self, index: torch.Tensor, device: torch.device) -> Outputs:
+        """The stored outputs of training rows ``index``, as float32 on ``device``."""
+        ...
+
+
 @dataclass
 class Teacher:
-    """A frozen teacher as distillers see it: a live model and, optionally, cached training-set logits."""
+    """A frozen teacher as distillers see it: a live model and, optionally, cached training-set logits and
+    features."""
 
     model: nn.Module
     train_logits: torch.Tensor | None = None  # (N_train, classes), fp16, rows in data.train order
     name: str = "teacher"
     params: int = 0
     val_accuracy: float | None = None
+    train_features: FeatureRows | None = None  # logits, stage features and embedding, rows in data.train order
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -73,14 +83,17 @@ class Teacher:
         return self.runner(x).float()
 
     @torch.no_grad()
-    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """Live forward: (logits, stage features, pooled embedding)."""
+    def features(self, x: torch.Tensor, index: torch.Tensor | None, augmented: bool) -> Outputs:
+        """(logits, stage features, pooled embedding): cached when the batch is un-augmented training data
+        and the features were cached, else a live forward."""
+        if self.train_features is not None and index is not None and not augmented:
+            return self.train_features.rows(index, x.device)
         logits, features, embedding = self.runner.forward_features(x)
-        return logits.float(), [f.float() for f in features], embedding.float()
+        return Outputs(logits.float(), [f.float() for f in features], embedding.float())
 
     def outputs(self, x: torch.Tensor, index: torch.Tensor | None, augmented: bool, features: bool) -> Outputs:
-        """What a knowledge term needs: cached or live logits, or a live forward with features."""
-        return Outputs(*self.features(x)) if features else Outputs(self.logits(x, index, augmented))
+        """What a knowledge term needs: logits alone, or logits with features (each cached or live)."""
+        return self.features(x, index, augmented) if features else Outputs(self.logits(x, index, augmented))
 
 
 # Trains a helper network once (cached by the caller) and returns it frozen: (genome, role, teacher or None

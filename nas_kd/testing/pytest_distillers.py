@@ -142,7 +142,7 @@ class Environment:
         """What the pipeline builds for a trial: seeded student, distiller, trainer (teachers cached or live).
         ``name`` may be a Distiller class that is not registered (a plugin under test, or a broken toy)."""
         arch = STUDENTS[family]
-        teachers = [t.as_teacher("cpu", cached_logits=cached) for t in self.teachers]
+        teachers = [t.as_teacher("cpu", cached=cached) for t in self.teachers]
         torch.manual_seed(seed)
         student = build_model(arch, self.data.input_shape, self.data.num_classes)
         context = DistillContext(
@@ -292,16 +292,16 @@ def check_teachers_reach_the_student(distiller: Distiller, batch: tuple[torch.Te
         )
 
     real = gradient()
-    kept = [(t.model, t.train_logits) for t in teachers]
+    kept = [(t.model, t.train_logits, t.train_features) for t in teachers]
     torch.manual_seed(12345)
     for t in teachers:
         t.model = fresh_copy(t.model).eval().requires_grad_(False)
-        t.train_logits = None
+        t.train_logits = t.train_features = None
     try:
         other = gradient()
     finally:
-        for t, (model, logits) in zip(teachers, kept, strict=True):
-            t.model, t.train_logits = model, logits
+        for t, (model, logits, features) in zip(teachers, kept, strict=True):
+            t.model, t.train_logits, t.train_features = model, logits, features
     assert not torch.allclose(real, other), "the student's gradient does not depend on the teacher"
 
 

@@ -37,7 +37,7 @@ def test_a_student_learns_from_the_teacher_alone_without_reading_a_training_imag
             env.data.train.std,
         ),
     )
-    teacher = env.teachers[0].as_teacher("cpu", cached_logits=False)
+    teacher = env.teachers[0].as_teacher("cpu", cached=False)
     distiller = make_distiller("data_free", {}, student(), context(env, [teacher], data))
     trainer = Trainer(distiller, data, env.study.train.model_copy(update={"epochs": 30}), 0, augment_data=False)
     trainer.fit()
