@@ -35,8 +35,10 @@ def build_on_meta(
         # brevitas' quantizers read their scales while they are built, which the meta device cannot give.
         with torch.device("cpu" if "quant" in arch else "meta"):
             model = build_model(arch, input_shape, classes)
-            if forward:
-                model(torch.empty(1, *input_shape))  # shapes must chain: too many stages for the image fail here
+            if forward:  # shapes must chain: too many stages for the image fail here
+                # In eval mode: shapes do not depend on it, and in training mode batch norm refuses a single
+                # image reduced to 1x1, which real batches train on.
+                model.eval()(torch.empty(1, *input_shape))
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
         reason = f"missing key {error}" if isinstance(error, KeyError) else str(error).splitlines()[0]
         raise ValueError(f"cannot build this architecture: {reason}") from None

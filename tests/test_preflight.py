@@ -35,6 +35,14 @@ def test_a_study_that_cannot_start_fails_validation(tmp_path: Path, patch: dict,
     assert message in info.value.message
 
 
+def test_a_teacher_whose_last_stage_is_one_pixel_passes_validation(tmp_path: Path) -> None:
+    """Four stride-2 stages bring digits' 8x8 images to 1x1: batches of 64 train on that, so the meta forward
+    of one image must not trip training-mode batch norm."""
+    stages = [{"channels": c, "depth": 1} for c in (16, 16, 32, 64)]
+    study = load_study(write(tmp_path, {"teacher.arch": {**TEACHER, "stages": stages}}))
+    check_study(study, check_data(study))
+
+
 @pytest.mark.parametrize(
     ("patch", "field", "message"),
     [
