@@ -3,6 +3,8 @@ a live forward, the same knowledge up to fp16 rounding."""
 
 from __future__ import annotations
 
+import re
+import shutil
 from collections import namedtuple
 from dataclasses import replace
 from pathlib import Path
@@ -11,9 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from nas_kd import teachers as teacher_cache
+from nas_kd.cli import main
 from nas_kd.config import StudyError
 from nas_kd.data import Dataset
 from nas_kd.teachers import (
@@ -24,7 +28,7 @@ from nas_kd.teachers import (
     teacher_from_bundle,
     write_train_features,
 )
-from nas_kd.testing.pytest_distillers import Environment, batch_loss
+from nas_kd.testing.pytest_distillers import STUDENTS, STUDY, Environment, batch_loss
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +151,25 @@ def test_features_beyond_float16_are_refused_and_leave_no_cache(env: Environment
     with pytest.raises(ValueError, match="stage0 exceed float16's range"):
         write_train_features(Echo(scale=1e6), env.data, tmp_path / "k.features")
     assert not (tmp_path / "k.features").exists()
+
+
+def test_cli_train_caches_the_features_once_and_distils_from_them(
+    env: Environment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = tmp_path / "runs"
+    for cached in env.teachers:  # the trained teachers, without features
+        shutil.copytree(cached.path, runs / "_cache" / "models" / cached.key)
+    study = {
+        **STUDY, "runs_dir": str(runs), "train": {**STUDY["train"], "epochs": 1},
+        "teacher": {**STUDY["teacher"], "cache_features": True}, "student": {"arch": STUDENTS["cnn"]},
+        "distiller": {"name": "offline", "feature": "at", "relation": "sp"},
+    }  # fmt: skip
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    # the CLI loads the whole digits set, whose training split is larger than the environment's
+    assert main(["train", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("caching the features of teacher0") == 1 and "caching the features of teacher1" not in out
+    assert re.search(r"epoch 1/1 ce [\d.]+ kd [\d.]+ at [\d.]+ sp [\d.]+", out), out
+    assert main(["train", str(path)]) == 0
+    assert "caching" not in capsys.readouterr().out  # written once
