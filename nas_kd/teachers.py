@@ -52,6 +52,15 @@ class TrainFeatures:
     stages: list[np.ndarray]
     embedding: np.ndarray
 
+    @staticmethod
+    def folder(model_dir: Path) -> Path:
+        """Where the features of the cached model in ``model_dir`` live: ``<key>.features`` beside it."""
+        return model_dir.with_name(f"{model_dir.name}.features")
+
+    @staticmethod
+    def written(folder: Path) -> bool:
+        return (folder / "features.json").exists()  # the last file written, so the folder is whole
+
     @classmethod
     def open(cls, folder: Path) -> TrainFeatures:
         stages = json.loads((folder / "features.json").read_text())["stages"]
@@ -133,9 +142,9 @@ class CachedModel:
 
     def with_train_features(self, data: Dataset, log: Callable[[str], None] = print) -> CachedModel:
         """This model with its ``TrainFeatures``, written once (``<key>.features`` beside it)."""
-        folder = self.path.with_name(f"{self.key}.features")
+        folder = TrainFeatures.folder(self.path)
         with FileLock(str(self.path.with_name(f"{self.key}.lock"))):
-            if not (folder / "features.json").exists():
+            if not TrainFeatures.written(folder):
                 model = self.load(data.train.device)
                 x = data.train.batch(torch.arange(1, device=data.train.device))
                 size = feature_bytes(model, x) * len(data.train)
@@ -353,7 +362,7 @@ def check_teachers(study: Study, data: Dataset) -> list[nn.Module]:
 def _check_feature_room(study: Study, teacher: TeacherConfig, field: str, model: nn.Module, data: Dataset) -> None:
     """``cache_features`` must fit on the disk of ``runs_dir`` (unless that teacher's features are there)."""
     root = cache_root(study.runs_dir)
-    if (root / f"{content_key(teacher_payload(study, teacher, data))}.features" / "features.json").exists():
+    if TrainFeatures.written(TrainFeatures.folder(root / content_key(teacher_payload(study, teacher, data)))):
         return
     needed = feature_bytes(model, data.val.batch(torch.arange(1, device=data.train.device))) * len(data.train)
     existing = next(folder for folder in (root, *root.parents) if folder.exists())
@@ -431,5 +440,5 @@ def teacher_from_bundle(bundle: dict[str, Any], device: torch.device | str) -> T
         params=int(info["params"]),
         val_accuracy=info.get("val_accuracy"),
         # On a node without the run directory (a cluster without a shared file system) the teacher runs live.
-        train_features=TrainFeatures.open(features) if features and (features / "features.json").exists() else None,
+        train_features=TrainFeatures.open(features) if features and TrainFeatures.written(features) else None,
     )

@@ -15,12 +15,17 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
+from torch import nn
+
 from nas_kd.arch import build_model
-from nas_kd.config import load_study, parse_override
+from nas_kd.config import Study, load_study, parse_override
+from nas_kd.data import Dataset
 from nas_kd.distill import Teacher
 from nas_kd.pipeline import build_trainer, resolve_device, study_data
 from nas_kd.teachers import TrainFeatures, write_train_features
@@ -51,9 +56,12 @@ def main() -> None:
         shutil.rmtree(folder.parent)
 
 
-def measure(study, data, arch, teacher_model, features: TrainFeatures, repeats: int) -> None:
-
-    def arm(distiller: str, settings: dict, prepared: bool = True, cached_features: bool = False):
+def measure(
+    study: Study, data: Dataset, arch: dict[str, Any], teacher_model: nn.Module, features: TrainFeatures, repeats: int
+) -> None:
+    def arm(
+        distiller: str, settings: dict[str, Any], prepared: bool = True, cached_features: bool = False
+    ) -> Callable[[], float]:
         teacher = Teacher(teacher_model, train_features=features if cached_features else None)
         trainer = build_trainer(study, data, [teacher] if distiller != "ce" else [], arch, distiller, settings,
                                 study.seed)  # fmt: skip
