@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -38,6 +37,7 @@ from nas_kd.bench import BenchError
 from nas_kd.bench.tables import append_run, mean_std, new_runs_csv, publish, read_runs
 from nas_kd.config import Study, load_study, parse_override
 from nas_kd.distill.helpers import resize_to_params, scale_width
+from nas_kd.distill.presets import PRESET_NAMES, PRESETS, Preset, select_presets
 from nas_kd.pipeline import ready_teachers, resolve_device, study_data, train_student
 
 DEFAULT_STUDY = "studies/fashion_mnist.yaml"
@@ -46,34 +46,9 @@ SETUP_COLUMNS = ("study", "student", "params", "epochs")
 RUN_COLUMNS = ("arm", "seed", "val_accuracy", "test_accuracy", "train_seconds", *SETUP_COLUMNS)
 
 
-@dataclass(frozen=True)
-class Arm:
-    name: str
-    distiller: str
-    settings: dict[str, Any]
-
-
-ARMS = (
-    Arm("ce", "ce", {}),
-    Arm("offline-response", "offline", {}),
-    Arm("offline-feature", "offline", {"response": "none", "feature": "fitnet"}),
-    Arm("offline-relation", "offline", {"response": "none", "relation": "rkd"}),
-    Arm("offline-dkd", "offline", {"response": "dkd"}),
-    Arm("offline-ls-kd", "offline", {"response": "ls_kd"}),
-    Arm("offline-dist", "offline", {"response": "dist"}),
-    Arm("offline-crd", "offline", {"response": "none", "relation": "crd"}),
-    Arm("online", "online", {}),
-    Arm("self", "self", {}),
-    Arm("assistant", "assistant", {}),
-    Arm("multi_teacher", "multi_teacher", {}),
-)
-
-
 def run(args: argparse.Namespace) -> int:
     runs = (
-        read_runs(args.from_runs, RUN_COLUMNS, SETUP_COLUMNS, [arm.name for arm in ARMS])
-        if args.from_runs
-        else measure(args)
+        read_runs(args.from_runs, RUN_COLUMNS, SETUP_COLUMNS, list(PRESET_NAMES)) if args.from_runs else measure(args)
     )
     accuracies = {column: runs[column].map(_four_places) for column in ("val_accuracy", "test_accuracy")}
     listed = runs.assign(**accuracies).drop(columns=list(SETUP_COLUMNS))
@@ -138,15 +113,12 @@ def describe(runs: pd.DataFrame) -> str:
     )
 
 
-def select_arms(names: str | None) -> list[Arm]:
+def select_arms(names: str | None) -> list[Preset]:
     """``--arms ce,offline-response``: a subset, in the canonical order (all arms by default)."""
-    if not names:
-        return list(ARMS)
-    wanted = {name.strip() for name in names.split(",")}
-    unknown = wanted - {arm.name for arm in ARMS}
-    if unknown:
-        raise BenchError(f"--arms: unknown {sorted(unknown)}; choose from {', '.join(a.name for a in ARMS)}")
-    return [arm for arm in ARMS if arm.name in wanted]
+    try:
+        return select_presets(names, "--arms")
+    except ValueError as error:
+        raise BenchError(str(error)) from None
 
 
 def with_two_teachers(study: Study) -> Study:
@@ -180,7 +152,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per arm: accuracies in percent (mean ± std over seeds), the gain over ce, seconds."""
     ce_test = runs[runs["arm"] == "ce"]["test_accuracy"].mean()
     rows = []
-    for arm in ARMS:
+    for arm in PRESETS:
         group = runs[runs["arm"] == arm.name]
         if group.empty:
             continue
