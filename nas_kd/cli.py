@@ -176,15 +176,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_search(args: argparse.Namespace) -> int:
-    from nas_kd.search.runner import run_study
-
+def _warn_public_dashboard(args: argparse.Namespace) -> None:
     if args.dashboard_host not in ("127.0.0.1", "localhost", "::1") and not args.no_dashboard:
         print(
             f"nas-kd: warning: the Ray dashboard will listen on {args.dashboard_host}; it can run jobs, so keep "
             "token auth on and expose it only on a trusted network",
             file=sys.stderr,
         )
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from nas_kd.search.runner import run_study
+
+    _warn_public_dashboard(args)
     run_study(
         args.study,
         resume=args.resume,
@@ -195,6 +199,23 @@ def cmd_search(args: argparse.Namespace) -> int:
         dashboard_host=args.dashboard_host,
         verbose=args.verbose,
         **_overrides(args.set),
+    )
+    return 0
+
+
+def cmd_finalize(args: argparse.Namespace) -> int:
+    from nas_kd.search.finalize import FinalizeOptions, finalize
+
+    _warn_public_dashboard(args)
+    options = FinalizeOptions(top=args.top, epochs=args.epochs, seeds=args.seeds, distillers=args.distillers)
+    finalize(
+        args.run_dir,
+        options,
+        resume=args.resume,
+        fresh=args.fresh,
+        address=args.address,
+        dashboard=not args.no_dashboard,
+        dashboard_host=args.dashboard_host,
     )
     return 0
 
@@ -242,6 +263,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "list": cmd_list,
     "search": cmd_search,
+    "finalize": cmd_finalize,
     "report": cmd_report,
     "export": cmd_export,
     "bench": cmd_bench,
@@ -260,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return p
 
+    def with_ray(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--address", help="join an existing Ray cluster (e.g. auto) instead of starting one")
+        p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+        p.add_argument("--dashboard-host", default="127.0.0.1", help="dashboard bind address (default 127.0.0.1)")
+
     with_study("validate", "check a study file without running it")
     p = with_study("teacher", "train (or load from the cache) the study's teacher(s)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -272,11 +299,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_study("search", "run a search study on Ray Tune (the main job)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run of this study")
     p.add_argument("--fresh", action="store_true", help="delete an existing run directory of this study first")
-    p.add_argument("--address", help="join an existing Ray cluster (e.g. auto) instead of starting one")
     p.add_argument("--runs-dir", help="parent of the run directory (default: the study's runs_dir)")
-    p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
-    p.add_argument("--dashboard-host", default="127.0.0.1", help="dashboard bind address (default 127.0.0.1)")
+    with_ray(p)
     p.add_argument("--verbose", action="store_true", help="one line per trial epoch (default: per finished trial)")
+    p = sub.add_parser(
+        "finalize", help="retrain a finished search's Pareto members (or top N) at a full budget over seeds"
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--top", type=int, help="the N COMPLETE trials best by validation accuracy (default: the front)")
+    p.add_argument("--epochs", type=int, help="epochs per student (default: the study's train.epochs)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per member and recipe (default 3)")
+    p.add_argument(
+        "--distillers",
+        metavar="PRESETS",
+        help="also train these recipes per member, e.g. ce,offline-dkd,assistant (nas_kd.distill.presets)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue an interrupted finalize (RUN_DIR/final/plan.json)")
+    p.add_argument("--fresh", action="store_true", help="delete an existing RUN_DIR/final first")
+    with_ray(p)
     p = sub.add_parser("report", help="(re)build report.html from a run directory")
     p.add_argument("run_dir")
     p.add_argument("--out", help="HTML file (default RUN_DIR/report.html)")
@@ -322,11 +362,11 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.stdout.reconfigure(line_buffering=True)  # progress lines appear live even when piped to a file
     user_errors: tuple[type[Exception], ...] = (StudyError, UsageError, DatasetNotFound)
-    if args.command == "search":
+    if args.command in ("search", "finalize"):
         from nas_kd.search.runner import SearchError
 
         user_errors += (SearchError,)
-    if args.command in ("report", "search"):
+    if args.command in ("report", "search", "finalize"):
         from nas_kd.report import ReportError
 
         user_errors += (ReportError,)

@@ -27,6 +27,17 @@
 - ``students/<trial_id>/``  model.safetensors + model.json of each Pareto member (``nas_kd.load_student``).
 - ``optuna.db``      the Optuna study (SQLite; optuna-dashboard sqlite:///.../optuna.db).
 - ``report.html``    the Plotly report; ``tune/`` Ray Tune's experiment files.
+- ``final/``         what ``nas-kd finalize`` writes (absent until it runs):
+  - ``plan.json``    {"rule", "epochs", "seeds": [int], "arms": [{"name", "distiller", "settings"}], "members": [...],
+                      "jobs": [...]}: the jobs a resumed finalize continues (recipe "searched" = the trial's own).
+  - ``final.csv``    one row per job (member x recipe x seed): job, member, arm, distiller, settings (JSON), seed,
+                      status (COMPLETE | FAILED | INTERRUPTED), epochs, max_epochs, val_accuracy, test_accuracy, params,
+                      flops, model_bytes, seconds, error, student_path, arch_summary, search_distiller,
+                      search_epochs, search_val_accuracy, search_test_accuracy.
+  - ``final.json``   {"epochs", "seeds", "recipes", "members": one entry per (member, recipe): seeds, val_mean,
+                      val_sd, test_mean, test_sd, best (the member's best recipe by val_mean), front (on the final
+                      front of best recipes: val_mean up, params down), "fidelity": {"kendall_tau", "members"}}.
+  - ``students/<job>/`` each COMPLETE job's student (``nas_kd.load_student``); ``tune/`` its Tune experiment.
 """
 
 from __future__ import annotations
@@ -49,6 +60,12 @@ TRIAL_COLUMNS = [
 ]  # fmt: skip
 CURVE_COLUMNS = ["trial_id", "epoch", "val_accuracy", "train_loss", "seconds", "images_per_second"]
 EVENT_LOG = "trials.jsonl"
+FINAL_DIR = "final"
+FINAL_COLUMNS = [
+    "job", "member", "arm", "distiller", "settings", "seed", "status", "epochs", "max_epochs", "val_accuracy",
+    "test_accuracy", "params", "flops", "model_bytes", "seconds", "error", "student_path", "arch_summary",
+    "search_distiller", "search_epochs", "search_val_accuracy", "search_test_accuracy",
+]  # fmt: skip
 HYPERVOLUME_COLUMNS = ["finished", "trial_id", "hypervolume", "student_epochs", "wall_seconds"]
 
 

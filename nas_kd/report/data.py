@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import kendalltau
 
 from nas_kd.results import TRIAL_COLUMNS
 from nas_kd.search.pareto import pareto_mask
@@ -613,3 +614,90 @@ def pareto_table(trials: pd.DataFrame, category: pd.Series, size: str, paths: Ma
             "student_path": [paths.get(t) or "" for t in members["trial_id"]],
         }
     ).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- final training and proxy fidelity
+# These work on any accuracy scale (fractions in final.json, percent in the report).
+
+MIN_RANKED = 3  # a rank correlation over fewer items says nothing
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b between two rankings (ties handled); NaN for fewer than ``MIN_RANKED`` finite pairs or a
+    constant side."""
+    pairs = np.array([(a, b) for a, b in zip(x, y, strict=True) if np.isfinite(a) and np.isfinite(b)], dtype=float)
+    if len(pairs) < MIN_RANKED or np.ptp(pairs[:, 0]) == 0 or np.ptp(pairs[:, 1]) == 0:
+        return float("nan")
+    return float(kendalltau(pairs[:, 0], pairs[:, 1]).statistic)
+
+
+FINAL_ARM_COLUMNS = [
+    "member", "arm", "distiller", "settings", "arch_summary", "params", "flops", "search_distiller",
+    "search_val_accuracy", "search_test_accuracy", "seeds", "val_mean", "val_sd", "test_mean", "test_sd", "best",
+    "front",
+]  # fmt: skip
+
+
+def final_arms(final: pd.DataFrame) -> pd.DataFrame:
+    """final.csv rows -> one row per (member, recipe) over its COMPLETE seeds: mean and sample sd of validation
+    and test accuracy; ``best`` marks each member's best recipe by validation mean, ``front`` the best recipes
+    that no other member's best beats on both validation mean and params."""
+    done = final[final["status"] == "COMPLETE"].copy()
+    if done.empty:
+        return pd.DataFrame(columns=FINAL_ARM_COLUMNS)
+    for column in ("val_accuracy", "test_accuracy", "params", "flops", "search_val_accuracy", "search_test_accuracy"):
+        done[column] = pd.to_numeric(done[column], errors="coerce")
+    keys = ["member", "arm"]
+    first = done.groupby(keys, sort=False).first()
+    grouped = done.groupby(keys, sort=False)
+    arms = pd.DataFrame(
+        {
+            **{c: first[c] for c in FINAL_ARM_COLUMNS[2:10] if c != "seeds"},
+            "seeds": grouped.size(),
+            "val_mean": grouped["val_accuracy"].mean(),
+            "val_sd": grouped["val_accuracy"].std(ddof=1),
+            "test_mean": grouped["test_accuracy"].mean(),
+            "test_sd": grouped["test_accuracy"].std(ddof=1),
+        }
+    ).reset_index()
+    arms["best"] = False
+    arms.loc[arms.groupby("member", sort=False)["val_mean"].idxmax(), "best"] = True
+    arms["front"] = False
+    best = arms[arms["best"]]
+    on_front = pareto_mask(best[["val_mean", "params"]].to_numpy(float), ["maximize", "minimize"])
+    arms.loc[best.index[on_front], "front"] = True
+    return arms[FINAL_ARM_COLUMNS].sort_values(["params", "member", "arm"], kind="stable").reset_index(drop=True)
+
+
+def fidelity(arms: pd.DataFrame, recipe: str = "searched") -> dict[str, Any]:
+    """Does the search budget rank students as the final training does? Kendall tau between each member's
+    search validation accuracy and its final validation mean with the same recipe."""
+    same = arms[arms["arm"] == recipe]
+    return {
+        "kendall_tau": kendall_tau(same["search_val_accuracy"].astype(float), same["val_mean"].astype(float)),
+        "members": len(same),
+    }
+
+
+def epoch_fidelity(curves: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """Over the search's full-budget (COMPLETE) trials: Kendall tau between validation accuracy after each
+    epoch and at the last epoch, i.e. how early the ranking a scheduler acts on is already the final one."""
+    done = trials.loc[trials["status"] == "COMPLETE", ["trial_id", "max_epochs"]]
+    columns = ["epoch", "kendall_tau", "trials"]
+    if done.empty or curves.empty:
+        return pd.DataFrame(columns=columns)
+    mine = curves[curves["trial_id"].astype(str).isin(done["trial_id"].astype(str))]
+    # an epoch trained again after a resume appears again: the last line counts
+    table = mine.drop_duplicates(["trial_id", "epoch"], keep="last").pivot(
+        index="trial_id", columns="epoch", values="val_accuracy"
+    )
+    if table.empty:
+        return pd.DataFrame(columns=columns)
+    last = int(pd.to_numeric(done["max_epochs"], errors="coerce").max())
+    if last not in table:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for epoch in sorted(e for e in table.columns if e < last):
+        both = table[[epoch, last]].dropna()
+        rows.append({"epoch": int(epoch), "kendall_tau": kendall_tau(both[epoch], both[last]), "trials": len(both)})
+    return pd.DataFrame(rows, columns=columns)

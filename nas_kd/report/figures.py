@@ -521,3 +521,87 @@ def curves_figure(curves: pd.DataFrame) -> go.Figure:
     fig.update_xaxes(title_text="epoch", dtick=1 if curves["epoch"].max() <= 20 else None)
     fig.update_yaxes(title_text="validation accuracy (%)")
     return _style(fig, title, 460, subtitle=note)
+
+
+# ---------------------------------------------------------------- final training and proxy fidelity
+
+
+def final_figure(arms: pd.DataFrame, fidelity: Mapping[str, object]) -> go.Figure:
+    """Left: final test accuracy (mean ± sd over seeds) per member and recipe against params, the final front
+    as a step line. Right: search validation accuracy against final validation accuracy (searched recipe)."""
+    title = "Final training: what the front's students reach at the full budget"
+    if arms.empty:
+        return empty_figure(title, "No COMPLETE final job yet.")
+    fig = make_subplots(
+        rows=1, cols=2, horizontal_spacing=0.1, column_widths=[0.58, 0.42],
+        subplot_titles=("final test accuracy (mean ± sd over seeds)", "search vs final validation accuracy"),
+    )  # fmt: skip
+    colors = distiller_colors(list(arms["arm"]))
+    for name, group in arms.groupby("arm", sort=True):
+        fig.add_trace(
+            go.Scatter(
+                x=group["params"], y=group["test_mean"], error_y={"type": "data", "array": group["test_sd"].fillna(0)},
+                mode="markers", name=str(name), legendgroup=str(name), marker={"color": colors[str(name)], "size": 8},
+                text=group["member"], customdata=group[["val_mean", "seeds"]].to_numpy(),
+                hovertemplate="member %{text}<br>test %{y:.2f}%<br>val %{customdata[0]:.2f}% over "
+                "%{customdata[1]} seeds<extra></extra>",
+            ),
+            row=1, col=1,
+        )  # fmt: skip
+    # the front is chosen on validation (test never selects), so its test means need not rise monotonically
+    front = arms[arms["front"]].sort_values("params")
+    fig.add_trace(
+        go.Scatter(x=front["params"], y=front["test_mean"], mode="lines+markers", name="final front (by val)",
+                   line={"color": "#d62728", "width": 1.5},
+                   marker={"size": 14, "symbol": "circle-open", "color": "#d62728"}, hoverinfo="skip"),
+        row=1, col=1,
+    )  # fmt: skip
+    searched = arms[arms["arm"] == "searched"]
+    fig.add_trace(
+        go.Scatter(
+            x=searched["search_val_accuracy"], y=searched["val_mean"], mode="markers", showlegend=False,
+            error_y={"type": "data", "array": searched["val_sd"].fillna(0)}, text=searched["member"],
+            marker={"color": colors.get("searched"), "size": 8},
+            hovertemplate="member %{text}<br>search val %{x:.2f}%<br>final val %{y:.2f}%<extra></extra>",
+        ),
+        row=1, col=2,
+    )  # fmt: skip
+    both = pd.concat([searched["search_val_accuracy"], searched["val_mean"]]).dropna()
+    if not both.empty:
+        lo, hi = float(both.min()), float(both.max())
+        fig.add_trace(
+            go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line={"dash": "dot", "color": "#999"},
+                       name="final = search", hoverinfo="skip"),
+            row=1, col=2,
+        )  # fmt: skip
+    fig.update_xaxes(**_log_axis(arms["params"], "parameters (count, log)"), row=1, col=1)
+    fig.update_yaxes(title_text="test accuracy (%)", row=1, col=1)
+    fig.update_xaxes(title_text="search validation accuracy (%)", row=1, col=2)
+    fig.update_yaxes(title_text="final validation accuracy (%)", row=1, col=2)
+    tau = fidelity.get("kendall_tau")
+    subtitle = (
+        f"Kendall tau {tau:.2f} over {fidelity.get('members')} members (search rank vs final rank)"
+        if isinstance(tau, float) and math.isfinite(tau)
+        else f"Kendall tau needs {d.MIN_RANKED} members with distinct accuracies"
+    )
+    return _style(fig, title, 480, subtitle=subtitle)
+
+
+def epoch_fidelity_figure(fidelity: pd.DataFrame) -> go.Figure:
+    """Kendall tau between each epoch's validation ranking and the last epoch's, over full-budget trials."""
+    title = "Proxy fidelity: how early the search's ranking settles"
+    finite = fidelity.dropna(subset=["kendall_tau"]) if not fidelity.empty else fidelity
+    if finite.empty:
+        return empty_figure(
+            title, f"Needs {d.MIN_RANKED} or more COMPLETE trials of two or more epochs with distinct accuracies."
+        )
+    fig = go.Figure(
+        go.Scatter(
+            x=finite["epoch"], y=finite["kendall_tau"], mode="lines+markers", line={"color": "#4c78a8"},
+            customdata=finite["trials"], name="Kendall tau",
+            hovertemplate="epoch %{x}<br>tau %{y:.2f} over %{customdata} trials<extra></extra>",
+        )
+    )  # fmt: skip
+    fig.update_xaxes(title_text="epoch (the ranking after it is compared with the last epoch's)", dtick=1)
+    fig.update_yaxes(title_text="Kendall tau", range=[-1.05, 1.05], zeroline=True)
+    return _style(fig, title, 360, subtitle="1: the epoch already ranks COMPLETE trials as the last one does")

@@ -112,6 +112,15 @@ def build_sections(run: RunData) -> list[Section]:
             [("curves", f.curves_figure(d.learning_curves(run.curves, trials, category)))],
         ),
         Section(
+            "fidelity",
+            "Proxy fidelity",
+            "Whether the search budget was enough: the rank correlation (Kendall tau) between the validation "
+            "accuracy of COMPLETE trials after each epoch and after the last one. A scheduler that stops trials "
+            "at an epoch where tau is low discards students on noise.",
+            [("fidelity", f.epoch_fidelity_figure(d.epoch_fidelity(run.curves, trials)))],
+        ),
+        _final_section(run),
+        Section(
             "members",
             "Pareto members",
             "Every member of the front, smallest first, with the command that loads its saved student "
@@ -159,7 +168,65 @@ def _capacity_section(run: RunData, colors: dict[str, str]) -> Section:
     )
 
 
+def _final_section(run: RunData) -> Section:
+    arms = d.final_arms(run.final)
+    intro = (
+        "nas-kd finalize retrains the front's students at the full budget over seeds no search trial used, "
+        "with the recipe the search chose (searched) and any tournament recipes. "
+    )
+    if run.final.empty:
+        return Section(
+            "final",
+            "Final training",
+            intro + f"Not run yet: nas-kd finalize {run.path} (--seeds 3 --distillers ce,offline-dkd,...).",
+            [("final", f.final_figure(arms, d.fidelity(arms)))],
+        )
+    jobs = run.final["status"].value_counts().to_dict()
+    return Section(
+        "final",
+        "Final training",
+        intro + f"Jobs: {', '.join(f'{n} {s.lower()}' for s, n in jobs.items())}. Members are ranked by "
+        "validation accuracy; test accuracy is reported, never used to choose.",
+        [("final", f.final_figure(arms, d.fidelity(arms)))],
+        html=final_table_html(arms),
+    )
+
+
 # ---------------------------------------------------------------- HTML
+
+
+def final_table_html(arms: pd.DataFrame) -> str:
+    header = [
+        "member", "architecture", "recipe", "params", "seeds", "final val (%)", "final test (%)", "search val (%)",
+        "search test (%)",
+    ]  # fmt: skip
+    rows = []
+    for _, r in arms.iterrows():
+        mark = " ★" if r["front"] else ""
+        cells = [
+            html.escape(str(r["member"])) + mark,
+            html.escape(str(r["arch_summary"])),
+            html.escape(str(r["arm"])) + (" (best)" if r["best"] else ""),
+            _fmt(float(r["params"]), ",.0f"),
+            str(int(r["seeds"])),
+            _mean_sd(r["val_mean"], r["val_sd"]),
+            _mean_sd(r["test_mean"], r["test_sd"]),
+            _fmt(float(r["search_val_accuracy"]), ".2f"),
+            _fmt(float(r["search_test_accuracy"]), ".2f"),
+        ]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    return (
+        '<p class="note">★: on the final front (each member’s best recipe by validation mean, against params).</p>'
+        f'<div class="table-wrap"><table id="final-table"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def _mean_sd(mean: float, sd: float) -> str:
+    if not np.isfinite(mean):
+        return "–"
+    return f"{mean:.2f}" + ("" if not np.isfinite(sd) else f" ± {sd:.2f}")
 
 
 def pareto_table_html(table: pd.DataFrame, size: str) -> str:

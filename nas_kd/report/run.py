@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from nas_kd.report import data as d
-from nas_kd.results import CURVE_COLUMNS, HYPERVOLUME_COLUMNS, read_table
+from nas_kd.results import CURVE_COLUMNS, FINAL_COLUMNS, FINAL_DIR, HYPERVOLUME_COLUMNS, read_table
 from nas_kd.search.pareto import directions as default_directions
 
 TEACHER_COLUMNS = ["name", "role", "arch_summary", "params", "flops", "val_accuracy", "test_accuracy", "path"]
@@ -42,6 +42,7 @@ class RunData:
     teachers: pd.DataFrame
     student_paths: dict[str, str]
     knowledge_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    final: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FINAL_COLUMNS))  # nas-kd finalize
 
     @property
     def name(self) -> str:
@@ -86,9 +87,15 @@ def load_run(run_dir: str | Path) -> RunData:
     for column in ("finished", "hypervolume", "student_epochs", "wall_seconds"):
         hypervolume[column] = pd.to_numeric(hypervolume[column], errors="coerce") if column in hypervolume else np.nan
     teachers = _teachers(path / "teachers.json")
+    final = _csv(path / FINAL_DIR / "final.csv", FINAL_COLUMNS)
     # one scale for every accuracy in the report, decided over all of them together
     factor = d.percent_factor(trials["val_accuracy"], trials["test_accuracy"], teachers["val_accuracy"])
-    scaled = ((trials, [*d.ACCURACY_COLUMNS, "worst_class_accuracy"]), (teachers, d.ACCURACY_COLUMNS))
+    final_accuracies = ["val_accuracy", "test_accuracy", "search_val_accuracy", "search_test_accuracy"]
+    scaled = (
+        (trials, [*d.ACCURACY_COLUMNS, "worst_class_accuracy"]),
+        (teachers, d.ACCURACY_COLUMNS),
+        (final, final_accuracies),
+    )
     for frame, columns in (*scaled, (curves, ["val_accuracy"])):
         for column in columns:
             frame[column] = pd.to_numeric(frame[column], errors="coerce") * factor
@@ -96,6 +103,7 @@ def load_run(run_dir: str | Path) -> RunData:
         curves["trial_id"] = curves["trial_id"].astype(str)
     if "trial_id" in hypervolume:
         hypervolume["trial_id"] = hypervolume["trial_id"].astype(str)
+    final["member"] = final["member"].astype(str)
     return RunData(
         path=path,
         info=info,
@@ -109,6 +117,7 @@ def load_run(run_dir: str | Path) -> RunData:
         teachers=teachers,
         student_paths=_student_paths(path, trials, pareto),
         knowledge_defaults=knowledge_defaults(trials["distiller"].unique()),
+        final=final,
     )
 
 

@@ -132,15 +132,7 @@ class RunDirectory(tune.Callback):
         self._loaded = True
         for name in APPENDED:
             drop_torn_line(self.run_dir / name)
-        for event in read_events(self.run_dir / EVENT_LOG):
-            if event.get(FORGOTTEN):
-                self.rows.pop(str(event["trial_id"]), None)
-            else:
-                self.rows.setdefault(str(event["trial_id"]), {}).update(event)
-        if not self.rows:  # a run directory written before the event log existed
-            trials = read_table(self.run_dir / "trials.csv", TRIAL_COLUMNS)
-            for row in trials.to_dict("records"):
-                self.rows[str(row["trial_id"])] = {k: v for k, v in row.items() if not _missing(v)}
+        self.rows = latest_rows(self.run_dir)
         running = {tid for tid, row in self.rows.items() if row.get("status") == "RUNNING"}
         if running:
             curves = read_table(self.run_dir / "curves.csv", CURVE_COLUMNS)
@@ -478,6 +470,22 @@ class RunDirectory(tune.Callback):
         self._dirty = False
 
 
+def latest_rows(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """trial_id -> its latest trials.csv row, with JSON types, from the event log (later lines update earlier
+    ones; a forgotten trial is dropped); from trials.csv for a run directory written before the log existed."""
+    rows: dict[str, dict[str, Any]] = {}
+    for event in read_events(run_dir / EVENT_LOG):
+        if event.get(FORGOTTEN):
+            rows.pop(str(event["trial_id"]), None)
+        else:
+            rows.setdefault(str(event["trial_id"]), {}).update(event)
+    if not rows:
+        trials = read_table(run_dir / "trials.csv", TRIAL_COLUMNS)
+        for row in trials.to_dict("records"):
+            rows[str(row["trial_id"])] = {k: v for k, v in row.items() if not _missing(v)}
+    return rows
+
+
 def drop_torn_line(path: Path) -> None:
     """Cut a last line the driver was killed while writing, so that appends start on a line of their own."""
     if not path.exists() or path.stat().st_size == 0:
@@ -555,8 +563,7 @@ EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exceptio
 
 
 def _error_line(trial: Any) -> str:
-    """The trial's error in one line: its last exception line (``TrainingDiverged: training loss is nan at
-    epoch 3``) with the lines that detail it, else the last line of what Ray recorded."""
+    """The trial's error in one line (``error_line``) from what Ray recorded."""
     text = ""
     error_file = getattr(trial, "error_file", None)
     if error_file and Path(error_file).exists():
@@ -566,6 +573,12 @@ def _error_line(trial: Any) -> str:
             text = str(trial.get_error())
         except Exception:  # best effort: an unreadable error must not stop bookkeeping
             text = "trial failed"
+    return error_line(text)
+
+
+def error_line(text: str) -> str:
+    """A traceback in one line: its last exception line (``TrainingDiverged: training loss is nan at epoch 3``)
+    with the lines that detail it, else its last line."""
     lines = [line.rstrip() for line in text.strip().splitlines() if line.strip()]
     if not lines:
         return "trial failed"

@@ -281,7 +281,7 @@ def run_study(
         log(f"searching {study.search.trials} trials x {study.train.epochs} epochs of {study.name} -> {run_dir}")
         with quiet_libraries():
             if resume and tune.Tuner.can_restore(str(run_dir / TUNE_DIR)):
-                tuner = _restore_tuner(run_dir / TUNE_DIR, trainable, fresh_callbacks)
+                tuner = restore_tuner(run_dir / TUNE_DIR, trainable, fresh_callbacks)
             else:
                 if resume:  # killed before Tune's first snapshot: start the trials over, same Optuna study
                     shutil.rmtree(run_dir / TUNE_DIR, ignore_errors=True)
@@ -313,7 +313,7 @@ def run_study(
     return _finish(study, run_dir, report, log)
 
 
-def _restore_tuner(path: Path, trainable: Any, fresh_callbacks: list[tune.Callback]) -> tune.Tuner:
+def restore_tuner(path: Path, trainable: Any, fresh_callbacks: list[tune.Callback]) -> tune.Tuner:
     """``Tuner.restore`` with this driver's callbacks: the restored experiment keeps its own scheduler state
     callback, while the run directory, metrics and the reconciler are this driver's objects (their log and
     hooks). ``Tuner.restore`` takes no callbacks, hence the private ``_local_tuner``."""

@@ -35,7 +35,7 @@ SPECS = {
 }
 
 
-FIGURES = ["pareto", "capacity", "distillers", "hypervolume", "space", "importances", "curves"]  # report order
+FIGURES = ["pareto", "capacity", "distillers", "hypervolume", "space", "importances", "curves", "fidelity", "final"]  # report order
 
 
 @pytest.fixture(scope="session")
