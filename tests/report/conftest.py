@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from nas_kd.report import write_report
-from nas_kd.results import write_json
+from nas_kd.results import FINAL_COLUMNS, FINAL_DIR, read_json, write_json, write_table
 from nas_kd.testing.synthetic_run import RunSpec, write_synthetic_run
 
 SPECS = {
@@ -35,7 +35,17 @@ SPECS = {
 }
 
 
-FIGURES = ["pareto", "capacity", "distillers", "hypervolume", "space", "importances", "curves", "fidelity", "final"]  # report order
+FIGURES = [
+    "pareto",
+    "capacity",
+    "distillers",
+    "hypervolume",
+    "space",
+    "importances",
+    "curves",
+    "fidelity",
+    "final",
+]  # report order
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +68,35 @@ def run_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         },
     )
     dirs["bare"] = bare
+    write_synthetic_run(root / "finalized", RunSpec(12), flush_seconds=3600)
+    write_final(root / "finalized")
+    dirs["finalized"] = root / "finalized"
     return dirs
+
+
+def write_final(run_dir: Path, seeds: int = 3) -> None:
+    """final/final.csv as ``nas-kd finalize --distillers ce`` leaves it: each Pareto member x (searched, ce) x
+    seeds, the ce arm one point better, one ce seed FAILED."""
+    rows = []
+    for member in read_json(run_dir / "pareto.json")["members"]:
+        search_val = member["metrics"]["val_accuracy"]
+        for arm, gain in (("searched", 0.0), ("ce", 0.01)):
+            for seed in range(1, seeds + 1):
+                failed = arm == "ce" and seed == seeds
+                val = search_val + gain + 0.002 * seed
+                rows.append(
+                    {
+                        "job": f"{member['trial_id']}-{arm}-s{seed}", "member": member["trial_id"], "arm": arm,
+                        "distiller": member["distiller"] if arm == "searched" else "ce", "settings": {},
+                        "seed": seed, "status": "FAILED" if failed else "COMPLETE", "epochs": 10, "max_epochs": 10,
+                        "val_accuracy": None if failed else val, "test_accuracy": None if failed else val - 0.01,
+                        "params": member["metrics"]["params"], "arch_summary": member["arch_summary"],
+                        "search_distiller": member["distiller"], "search_val_accuracy": search_val,
+                        "error": "TrainingDiverged: loss is nan" if failed else "",
+                    }
+                )  # fmt: skip
+    (run_dir / FINAL_DIR).mkdir()
+    write_table(run_dir / FINAL_DIR / "final.csv", rows, FINAL_COLUMNS)
 
 
 @pytest.fixture(scope="session")

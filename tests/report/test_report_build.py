@@ -23,7 +23,7 @@ def figure_ids(text: str) -> list[str]:
     return re.findall(r'<div id="fig-([a-z]+)" class="plotly-graph-div"', text)
 
 
-@pytest.mark.parametrize("name", ["empty", "bare", "one", "many", "three", "robust", "no_teacher"])
+@pytest.mark.parametrize("name", ["empty", "bare", "one", "many", "three", "robust", "no_teacher", "finalized"])
 def test_report_builds_for_every_state(reports: dict[str, Path], run_dirs: dict[str, Path], name: str) -> None:
     path = reports[name]
     assert path == run_dirs[name] / "report.html"
@@ -31,6 +31,21 @@ def test_report_builds_for_every_state(reports: dict[str, Path], run_dirs: dict[
     assert figure_ids(text) == FIGURES
     assert "Plotly.newPlot" in text and len(text) > 3_000_000  # plotly.js is embedded: opens offline
     assert "<script src=" not in text
+
+
+def test_final_section_compares_search_and_final(reports: dict[str, Path], run_dirs: dict[str, Path]) -> None:
+    members = load_run(run_dirs["finalized"]).pareto["members"]
+    text = page_text(reports["finalized"])
+    table = re.search(r'<table id="final-table">(.*?)</table>', text, re.S)
+    assert table is not None
+    assert table.group(1).count("<tr>") == 1 + 2 * len(members)  # header + (searched, ce) per member
+    assert text.count("(best)") == len(members)  # ce is one point better everywhere
+    assert "Jobs: " in text and f"{len(members)} failed" in text
+    first = min(members, key=lambda m: m["metrics"]["params"])
+    searched = 100 * (first["metrics"]["val_accuracy"] + 0.004)  # mean of seeds 1-3 (+0.002 each)
+    assert f"{searched:.2f} ± 0.20" in table.group(1)
+    assert "Kendall tau 1.00" in text  # the final ranking keeps the search's order
+    assert "Not run yet: nas-kd finalize" in page_text(reports["one"])
 
 
 def test_many_report_content(reports: dict[str, Path]) -> None:

@@ -160,13 +160,14 @@ class Driver:
     """``nas-kd search`` in a subprocess with a Ray of its own (its own temp dir), so that a test can SIGKILL
     the driver and every Ray process it started without touching any other Ray on the machine."""
 
-    def __init__(self, tmp_path: Path, *extra: str):
+    def __init__(self, tmp_path: Path, *extra: str, command: tuple[str, ...] | None = None):
+        """``nas-kd search QUICKSTART --runs-dir tmp_path *extra``, or ``nas-kd *command *extra``."""
         self.ray_dir = tempfile.mkdtemp(prefix="nkray", dir="/tmp")  # short: Ray's socket paths have a limit
-        command = [sys.executable, "-m", "nas_kd.cli", "search", str(QUICKSTART), "--runs-dir", str(tmp_path),
-                   "--no-dashboard", *extra]  # fmt: skip
+        nas_kd = command or ("search", str(QUICKSTART), "--runs-dir", str(tmp_path))
+        argv = [sys.executable, "-m", "nas_kd.cli", *nas_kd, "--no-dashboard", *extra]
         self.output = tmp_path / f"driver-{time.monotonic_ns()}.log"
         self.process = subprocess.Popen(
-            command,
+            argv,
             stdout=self.output.open("w"),
             stderr=subprocess.STDOUT,
             text=True,
