@@ -319,25 +319,17 @@ def _torchvision(spec: DatasetSpec, data_dir: Path | None) -> RawData:
     parts = []
     for train in (True, False):
         try:
-            ds = _open_or_download(cls, root, train)
-        except (RuntimeError, OSError) as error:
+            ds = cls(str(root), train=train, download=False)  # never at run time: data is the user's to bring
+        except (RuntimeError, OSError):
             looked = f"{root}" + (f" and {DEBIAN_FASHION_MNIST}" if spec.name == "fashion_mnist" else "")
             raise DatasetNotFound(
-                f"dataset {spec.name} not found in {looked} and could not be downloaded "
-                f"({type(error).__name__}); to get it: {spec.how_to_get}"
+                f"dataset {spec.name} not found in {looked} (nas-kd downloads nothing); to get it: {spec.how_to_get}"
             ) from None
         x = np.asarray(ds.data, dtype=np.uint8)
         x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
         parts += [np.ascontiguousarray(x), np.asarray(ds.targets, dtype=np.int64)]
     x_train, y_train, x_test, y_test = parts
     return RawData(x_train, y_train, x_test=x_test, y_test=y_test, class_names=list(ds.classes))
-
-
-def _open_or_download(cls: type, root: Path, train: bool):
-    try:
-        return cls(str(root), train=train, download=False)
-    except RuntimeError:
-        return cls(str(root), train=train, download=True)
 
 
 def _stage_debian_fashion_mnist(root: Path) -> Path:

@@ -58,6 +58,17 @@ def test_missing_dataset_is_one_clear_error(tmp_path: Path) -> None:
     assert "mnist" in message and str(tmp_path) in message and "data_dir" in message
 
 
+def test_a_missing_dataset_is_never_downloaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision
+
+    def download(self: object) -> None:
+        raise AssertionError("a dataset was downloaded at run time")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", download)
+    with pytest.raises(DatasetNotFound, match="downloads nothing"):
+        load_dataset("mnist", data_dir=tmp_path)
+
+
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.exists(), reason="apt-get install dataset-fashion-mnist (CI does)")
 def test_fashion_mnist_from_the_debian_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("nas_kd.data.DEFAULT_DATA_DIR", tmp_path)
