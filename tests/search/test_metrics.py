@@ -217,11 +217,13 @@ def test_tune_job_metrics_and_dashboard(local_ray: LocalRay, tmp_path: Path) -> 
     assert status == 401
     # The state API answers from the GCS, which learns of actors asynchronously (slowly on a loaded machine):
     # ask until the trial actors are listed or a deadline passes.
+    # Tune's function-trainable actor: listed as ImplicitFunc or by its qualified name,
+    # wrap_function.<locals>.ImplicitFunc (both seen with Ray 2.60.0, the latter on a fresh machine)
     deadline, classes = time.monotonic() + 60, set()
     while "ImplicitFunc" not in classes and time.monotonic() < deadline:
         status, body = dashboard_get(local_ray, "/api/v0/actors?limit=1000&detail=1", token)
         assert status == 200, body[:300]
-        classes = {a["class_name"] for a in json.loads(body)["data"]["result"]["result"]}
+        classes = {a["class_name"].rsplit(".", 1)[-1] for a in json.loads(body)["data"]["result"]["result"]}
         time.sleep(0.5)
     assert "ImplicitFunc" in classes, classes
     status, body = dashboard_get(local_ray, "/api/jobs/", token)
