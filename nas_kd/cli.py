@@ -207,7 +207,10 @@ def cmd_finalize(args: argparse.Namespace) -> int:
     from nas_kd.search.finalize import FinalizeOptions, finalize
 
     _warn_public_dashboard(args)
-    options = FinalizeOptions(top=args.top, epochs=args.epochs, seeds=args.seeds, distillers=args.distillers)
+    members = tuple(m.strip() for m in (args.members or "").split(",") if m.strip())
+    options = FinalizeOptions(
+        top=args.top, members=members, epochs=args.epochs, seeds=args.seeds, distillers=args.distillers
+    )
     finalize(
         args.run_dir,
         options,
@@ -307,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run_dir")
     p.add_argument("--top", type=int, help="the N COMPLETE trials best by validation accuracy (default: the front)")
+    p.add_argument("--members", metavar="ID,ID", help="these trials (COMPLETE ones) instead of the front")
     p.add_argument("--epochs", type=int, help="epochs per student (default: the study's train.epochs)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per member and recipe (default 3)")
     p.add_argument(

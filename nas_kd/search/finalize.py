@@ -42,6 +42,7 @@ PLAN = "plan.json"
 @dataclass(frozen=True)
 class FinalizeOptions:
     top: int | None = None  # None: the Pareto members
+    members: tuple[str, ...] = ()  # these trials instead (COMPLETE ones), e.g. the front's best under a size
     epochs: int | None = None  # None: the study's train.epochs
     seeds: int = 3
     distillers: str | None = None  # presets for the tournament, e.g. "ce,offline-dkd"; None: only "searched"
@@ -192,7 +193,15 @@ def make_plan(run_dir: Path, study: Study, options: FinalizeOptions) -> dict[str
         raise SearchError(str(error)) from None
     rows = latest_rows(run_dir)
     complete = [row for row in rows.values() if row.get("status") == "COMPLETE"]
-    if options.top is None:
+    if options.members:
+        if options.top is not None:
+            raise SearchError("--members and --top: give one of them")
+        unknown = [m for m in options.members if rows.get(m, {}).get("status") != "COMPLETE"]
+        if unknown:
+            raise SearchError(f"--members: {', '.join(unknown)}: not a COMPLETE trial of {where}")
+        chosen = [rows[m] for m in dict.fromkeys(options.members)]
+        rule = "--members"
+    elif options.top is None:
         front = read_json(run_dir / "pareto.json", {}).get("members") or []
         chosen = [rows[m["trial_id"]] for m in front if m.get("trial_id") in rows]
         rule = "the Pareto front"

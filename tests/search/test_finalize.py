@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from nas_kd import load_student
 from nas_kd.arch import count_params
 from nas_kd.cli import main
+from nas_kd.config import study_from_dict
 from nas_kd.results import read_json, read_table
-from nas_kd.search.finalize import FinalizeOptions, finalize
+from nas_kd.search.finalize import FinalizeOptions, finalize, make_plan
 from nas_kd.search.runner import SearchError, run_study
 from tests.conftest import QUICKSTART
 from tests.search.test_runner import SMALL, SMALL_TEACHER, Driver
@@ -103,6 +105,8 @@ def test_finalize_retrains_the_top_members_over_fresh_seeds(searched: Path, tmp_
         (FinalizeOptions(distillers="multi_teacher"), "multi_teacher: the study has one teacher"),
         (FinalizeOptions(seeds=0), "--seeds"),
         (FinalizeOptions(top=0), "--top"),
+        (FinalizeOptions(members=("nope",)), "--members: nope: not a COMPLETE trial"),
+        (FinalizeOptions(members=("nope",), top=1), "give one of them"),
     ],
 )
 def test_bad_options_refuse_before_anything_is_written(
@@ -112,6 +116,15 @@ def test_bad_options_refuse_before_anything_is_written(
     with pytest.raises(SearchError, match=message):
         finalize(run_dir, options, fresh=True, dashboard=False, log=lambda _: None)
     assert not (run_dir / "final").exists()
+
+
+def test_members_picks_exactly_those_trials(searched: Path) -> None:
+    study = study_from_dict(yaml.safe_load((searched / "study.yaml").read_text()))
+    trials = read_table(searched / "trials.csv", [])
+    smallest = str(trials[trials["status"] == "COMPLETE"].sort_values("params")["trial_id"].iloc[0])
+    plan = make_plan(searched, study, FinalizeOptions(members=(smallest, smallest), seeds=3))
+    assert [m["member"] for m in plan["members"]] == [smallest]  # a repeated id is one member
+    assert [(j["member"], j["arm"], j["seed"]) for j in plan["jobs"]] == [(smallest, "searched", s) for s in (1, 2, 3)]
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(searched: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
