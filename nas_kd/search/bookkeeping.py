@@ -297,7 +297,10 @@ class RunDirectory(tune.Callback):
             if row is None or row["status"] != "RUNNING":
                 continue
             if trial.status == TUNE_TERMINATED:
-                _apply_result(row, getattr(trial, "last_result", None) or {})
+                result = getattr(trial, "last_result", None) or {}
+                if not _ended(result, self.max_epochs):
+                    continue  # stopped by Ctrl-C: RUNNING in Tune's final snapshot, and a resume continues it
+                _apply_result(row, result)
                 self._finish(trial, row, _completed_status(row, self.max_epochs))
             elif trial.status == TUNE_ERROR:
                 row["error"] = _error_line(trial)
@@ -530,6 +533,12 @@ def _csv_cell(value: Any) -> Any:
 def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
     """Minimisation: ``a`` is no worse than ``b`` everywhere and better somewhere."""
     return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
+
+
+def _ended(result: dict[str, Any], max_epochs: int) -> bool:
+    """Whether a trial's last result ends it. Tune marks ``done`` a trial whose trainable returned or that its
+    scheduler stopped; on Ctrl-C it sets every running trial TERMINATED without a done result."""
+    return bool(result.get("done")) or "rejected" in result or int(result.get("epoch") or 0) >= max_epochs
 
 
 def _completed_status(row: dict[str, Any], max_epochs: int) -> str:

@@ -199,3 +199,21 @@ def test_experiment_end_closes_rows_tune_does_not_know(tmp_path: Path) -> None:
     status = read_trials(tmp_path / "run").set_index("trial_id")["status"]
     assert status["t0003"] == "COMPLETE" and status["t0004"] == "INTERRUPTED"
     assert (status == "RUNNING").sum() == 0
+
+
+def test_ctrl_c_leaves_running_trials_running(tmp_path: Path) -> None:
+    """On Ctrl-C Tune snapshots the running trials as RUNNING (a resume continues them), then sets them
+    TERMINATED without a done result before on_experiment_end: they are not PRUNED (they were, before)."""
+    spec = RunSpec(4, max_epochs=3, running=2, students=False, optuna=False)
+    write_synthetic_run(tmp_path / "run", spec, flush_seconds=3600)
+    objectives = ["val_accuracy", "params"]
+    run = RunDirectory(tmp_path / "run", objectives, 3, progress=Silent(objectives))
+    run.setup()
+    plans = plan_trials(spec, tmp_path)
+    interrupted, stopped = plans[2].trial, plans[3].trial
+    interrupted.status, interrupted.last_result = "TERMINATED", {**plans[2].results[0], "epoch": 1}
+    stopped.status, stopped.last_result = "TERMINATED", {**plans[3].results[0], "epoch": 1, "done": True}
+    run.on_experiment_end([p.trial for p in plans])
+    status = read_trials(tmp_path / "run").set_index("trial_id")["status"]
+    assert status[interrupted.trial_id] == "RUNNING"
+    assert status[stopped.trial_id] == "PRUNED"  # done at epoch 1 of 3: its scheduler stopped it
