@@ -181,15 +181,19 @@ def test_pickled_by_tune_it_travels_without_state(tmp_path: Path) -> None:
     assert copy.counts == run.counts
 
 
+def reopened_run(tmp_path: Path, spec: RunSpec) -> tuple[RunDirectory, list]:
+    """A synthetic run with trials still running, reopened by a new driver, and the trials' plans."""
+    write_synthetic_run(tmp_path / "run", spec, flush_seconds=3600)
+    objectives = ["val_accuracy", "params"]
+    run = RunDirectory(tmp_path / "run", objectives, spec.max_epochs, progress=Silent(objectives))
+    run.setup()
+    return run, plan_trials(spec, tmp_path)
+
+
 def test_experiment_end_closes_rows_tune_does_not_know(tmp_path: Path) -> None:
     """The driver was killed after a trial started but before Tune checkpointed it: the resumed experiment
     ends without that trial, and its row must not stay RUNNING."""
-    spec = RunSpec(5, max_epochs=3, running=2, students=False, optuna=False)
-    write_synthetic_run(tmp_path / "run", spec, flush_seconds=3600)
-    objectives = ["val_accuracy", "params"]
-    resumed = RunDirectory(tmp_path / "run", objectives, 3, progress=Silent(objectives))
-    resumed.setup()
-    plans = plan_trials(spec, tmp_path)
+    resumed, plans = reopened_run(tmp_path, RunSpec(5, max_epochs=3, running=2, students=False, optuna=False))
     known = plans[3].trial  # Tune resumed t0003 and finished it; it never heard of t0004
     for result in plans[3].results:
         deliver(resumed, "result", known, result)
@@ -204,12 +208,7 @@ def test_experiment_end_closes_rows_tune_does_not_know(tmp_path: Path) -> None:
 def test_ctrl_c_leaves_running_trials_running(tmp_path: Path) -> None:
     """On Ctrl-C Tune snapshots the running trials as RUNNING (a resume continues them), then sets them
     TERMINATED without a done result before on_experiment_end: they are not PRUNED (they were, before)."""
-    spec = RunSpec(4, max_epochs=3, running=2, students=False, optuna=False)
-    write_synthetic_run(tmp_path / "run", spec, flush_seconds=3600)
-    objectives = ["val_accuracy", "params"]
-    run = RunDirectory(tmp_path / "run", objectives, 3, progress=Silent(objectives))
-    run.setup()
-    plans = plan_trials(spec, tmp_path)
+    run, plans = reopened_run(tmp_path, RunSpec(4, max_epochs=3, running=2, students=False, optuna=False))
     interrupted, stopped = plans[2].trial, plans[3].trial
     interrupted.status, interrupted.last_result = "TERMINATED", {**plans[2].results[0], "epoch": 1}
     stopped.status, stopped.last_result = "TERMINATED", {**plans[3].results[0], "epoch": 1, "done": True}
