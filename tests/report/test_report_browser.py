@@ -61,7 +61,7 @@ def browser() -> Iterator[Any]:
         browser.close()
 
 
-@pytest.mark.parametrize("name", ["many", "three", "robust", "empty"])
+@pytest.mark.parametrize("name", ["many", "three", "robust", "empty", "finalized"])
 def test_every_figure_renders_without_errors(browser: Any, reports: dict[str, Path], name: str, tmp_path: Path) -> None:
     page = browser.new_page(viewport={"width": WIDTH, "height": 900})
     errors: list[str] = []
