@@ -11,6 +11,7 @@ final front and the proxy's fidelity (Kendall tau between search and final valid
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from nas_kd.distill.presets import select_presets
 from nas_kd.pipeline import ready_teachers, study_data
 from nas_kd.plugins import import_plugins
 from nas_kd.report import write_report
-from nas_kd.report.data import fidelity, final_arms
+from nas_kd.report.data import MIN_RANKED, fidelity, final_arms
 from nas_kd.results import FINAL_COLUMNS, FINAL_DIR, read_json, write_json, write_table
 from nas_kd.search.bookkeeping import error_line, latest_rows
 from nas_kd.search.runner import SearchError, quiet_libraries, restore_tuner, start_ray
@@ -312,8 +313,10 @@ def _summary(final: pd.DataFrame, arms: pd.DataFrame, log: Any) -> None:
             f"search val {_pm(arm['search_val_accuracy'], float('nan'))}  {arm['params']:,.0f} params"
         )
     tau = fidelity(arms)
-    if tau["members"] >= 2:
+    if math.isfinite(tau["kendall_tau"]):
         log(f"proxy fidelity: Kendall tau {tau['kendall_tau']:.2f} over {tau['members']} members (search vs final val)")
+    else:
+        log(f"proxy fidelity: Kendall tau needs {MIN_RANKED} members with distinct accuracies ({tau['members']} here)")
     if counts.get("INTERRUPTED"):
         log("interrupted: continue with nas-kd finalize RUN_DIR --resume")
 
