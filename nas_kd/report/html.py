@@ -174,22 +174,16 @@ def _final_section(run: RunData) -> Section:
         "nas-kd finalize retrains the front's students at the full budget over seeds no search trial used, "
         "with the recipe the search chose (searched) and any tournament recipes. "
     )
+    figures = [("final", f.final_figure(arms, d.fidelity(arms)))]
     if run.final.empty:
-        return Section(
-            "final",
-            "Final training",
-            intro + f"Not run yet: nas-kd finalize {run.path} (--seeds 3 --distillers ce,offline-dkd,...).",
-            [("final", f.final_figure(arms, d.fidelity(arms)))],
-        )
+        intro += f"Not run yet: nas-kd finalize {run.path} (--seeds 3 --distillers ce,offline-dkd,...)."
+        return Section("final", "Final training", intro, figures)
     jobs = run.final["status"].value_counts().to_dict()
-    return Section(
-        "final",
-        "Final training",
-        intro + f"Jobs: {', '.join(f'{n} {s.lower()}' for s, n in jobs.items())}. Members are ranked by "
-        "validation accuracy; test accuracy is reported, never used to choose.",
-        [("final", f.final_figure(arms, d.fidelity(arms)))],
-        html=final_table_html(arms),
+    intro += (
+        f"Jobs: {', '.join(f'{n} {s.lower()}' for s, n in jobs.items())}. Members are ranked by validation "
+        "accuracy; test accuracy is reported, never used to choose."
     )
+    return Section("final", "Final training", intro, figures, html=final_table_html(arms))
 
 
 # ---------------------------------------------------------------- HTML

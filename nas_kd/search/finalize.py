@@ -32,7 +32,7 @@ from nas_kd.report import write_report
 from nas_kd.report.data import MIN_RANKED, fidelity, final_arms
 from nas_kd.results import FINAL_COLUMNS, FINAL_DIR, read_json, write_json, write_table
 from nas_kd.search.bookkeeping import error_line, latest_rows
-from nas_kd.search.runner import SearchError, quiet_libraries, restore_tuner, start_ray
+from nas_kd.search.runner import TUNE_DIR, SearchError, quiet_libraries, restore_tuner, start_ray, tune_run_config
 from nas_kd.search.trainable import STUDENT_DIR, train_trial
 from nas_kd.teachers import check_teachers, teacher_bundle
 
@@ -129,29 +129,23 @@ def finalize(
         trainable = tune.with_resources(trainable, {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
         callbacks = [JobLog(len(jobs), log)]
         with quiet_libraries():
-            if resume and tune.Tuner.can_restore(str(final_dir / "tune")):
-                tuner = restore_tuner(final_dir / "tune", trainable, callbacks)
+            if resume and tune.Tuner.can_restore(str(final_dir / TUNE_DIR)):
+                tuner = restore_tuner(final_dir / TUNE_DIR, trainable, callbacks)
             else:
-                shutil.rmtree(final_dir / "tune", ignore_errors=True)  # killed before Tune's first snapshot
+                shutil.rmtree(final_dir / TUNE_DIR, ignore_errors=True)  # killed before Tune's first snapshot
                 tuner = tune.Tuner(
                     trainable,
                     param_space={"job": tune.grid_search(list(jobs))},
                     tune_config=tune.TuneConfig(max_concurrent_trials=study.search.max_concurrent, reuse_actors=True),
-                    run_config=tune.RunConfig(
-                        name="tune",
-                        storage_path=str(final_dir),
-                        callbacks=callbacks,
-                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-                        verbose=0,
-                    ),
+                    run_config=tune_run_config(final_dir, callbacks),
                 )
-            results = tuner.fit()
+            results = {result.config["job"]: result for result in tuner.fit()}
     finally:
         if started_ray:
             ray.shutdown()
-    rows = [job_row(jobs[r.config["job"]], r, final_dir, int(plan["epochs"])) for r in results]
-    rows.sort(key=lambda row: list(jobs).index(row["job"]))
+    rows = [
+        job_row(job, results[name], final_dir, int(plan["epochs"])) for name, job in jobs.items() if name in results
+    ]
     write_table(final_dir / "final.csv", rows, FINAL_COLUMNS)
     final = pd.DataFrame(rows, columns=FINAL_COLUMNS)
     arms = final_arms(final)

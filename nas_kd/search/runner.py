@@ -297,13 +297,8 @@ def run_study(
                         max_concurrent_trials=study.search.max_concurrent,
                         reuse_actors=True,
                     ),
-                    run_config=tune.RunConfig(
-                        name=TUNE_DIR,
-                        storage_path=str(run_dir),
-                        callbacks=[*fresh_callbacks[:1], *scheduler_callbacks, *fresh_callbacks[1:]],
-                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-                        verbose=0,
+                    run_config=tune_run_config(
+                        run_dir, [*fresh_callbacks[:1], *scheduler_callbacks, *fresh_callbacks[1:]]
                     ),
                 )
             tuner.fit()
@@ -311,6 +306,19 @@ def run_study(
         if started_ray:
             ray.shutdown()
     return _finish(study, run_dir, report, log)
+
+
+def tune_run_config(parent: Path, callbacks: list[tune.Callback]) -> tune.RunConfig:
+    """Tune's experiment in ``parent/tune``: the last checkpoint of each trial kept (what a resume restores
+    and what holds its student), and a failing trial never ends the others."""
+    return tune.RunConfig(
+        name=TUNE_DIR,
+        storage_path=str(parent),
+        callbacks=callbacks,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+        verbose=0,
+    )
 
 
 def restore_tuner(path: Path, trainable: Any, fresh_callbacks: list[tune.Callback]) -> tune.Tuner:
