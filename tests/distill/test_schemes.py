@@ -6,16 +6,19 @@ import math
 import threading
 import types
 import typing
+from types import SimpleNamespace
 from typing import Any
 
 import optuna
 import pytest
 import torch
+from torch import nn
 
 from nas_kd.arch import build_model, count_params
 from nas_kd.distill import DISTILLERS, DistillerConfigError, make_settings, parse_distiller_space
-from nas_kd.distill.assistant import assistant_params
-from nas_kd.distill.helpers import resize_to_params
+from nas_kd.distill.assistant import Assistant, AssistantSettings, assistant_params, ladder_rung
+from nas_kd.distill.base import DistillContext, Teacher
+from nas_kd.distill.helpers import params_of, resize_to_params
 from nas_kd.distill.multi_teacher import confidence_weights
 from nas_kd.testing.pytest_distillers import STUDENTS, Environment, roundtrip
 
@@ -95,6 +98,49 @@ def test_assistant_architecture_keeps_family_and_depths_at_the_target_size(famil
     assert [s["depth"] for s in arch["stages"]] == [s["depth"] for s in student["stages"]]
     assert all(s["channels"] % 8 == 0 for s in arch["stages"])
     assert math.log(count_params(build_model(arch, (1, 8, 8), 10)) / target) == pytest.approx(0, abs=0.35)
+
+
+def assistants_asked_for(student: dict[str, Any], settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The assistant architectures the assistant distiller asks its helper trainer for, for ``student``
+    against a 200k-param teacher on 8x8 digits (the helper hands back its teacher: nothing is trained)."""
+    asked: list[dict[str, Any]] = []
+    teacher = Teacher(nn.Linear(200_000, 1))
+    data = SimpleNamespace(input_shape=(1, 8, 8), num_classes=10)
+    context = DistillContext(data, [teacher], student_arch=student,  # type: ignore[arg-type]
+                             train_helper=lambda arch, role, source: asked.append(arch) or source)  # fmt: skip
+    Assistant.source(SimpleNamespace(settings=AssistantSettings(**settings)), context)  # type: ignore[arg-type]
+    return asked
+
+
+def test_students_on_one_ladder_rung_share_their_assistants() -> None:
+    wide = {"family": "cnn", "stem": 16, "stages": [{"channels": 24, "depth": 1}, {"channels": 32, "depth": 1}]}
+    deep = {
+        "family": "cnn",
+        "stem": 8,
+        "stages": [{"channels": 8, "depth": 3, "kernel": 5}, {"channels": 24, "depth": 2}],
+    }
+    sizes = [params_of(arch, (1, 8, 8), 10) for arch in (wide, deep)]
+    assert sizes[0] != sizes[1] and ladder_rung(sizes[0], 2) == ladder_rung(sizes[1], 2)
+    for assistants in (1, 2):
+        shared = [assistants_asked_for(arch, {"assistants": assistants}) for arch in (wide, deep)]
+        assert len(shared[0]) == assistants and shared[0] == shared[1]
+        assert shared[0][0]["family"] == "cnn" and len(shared[0][0]["stages"]) == 2
+        own = [assistants_asked_for(arch, {"assistants": assistants, "ladder": 0}) for arch in (wide, deep)]
+        assert own[0] != own[1]
+        assert [s["depth"] for s in own[1][0]["stages"]] == [3, 2]  # ladder 0: the student's own shape, widened
+    # another rung, family or stage count is another chain
+    small = {"family": "cnn", "stem": 8, "stages": [{"channels": 8, "depth": 1}, {"channels": 8, "depth": 1}]}
+    resnet = {**wide, "family": "resnet"}
+    three = {**wide, "stages": wide["stages"] + [{"channels": 32, "depth": 1}]}
+    firsts = [assistants_asked_for(arch, {})[0] for arch in (wide, small, resnet, three)]
+    assert all(a != b for i, a in enumerate(firsts) for b in firsts[i + 1 :])
+
+
+def test_ladder_rungs_are_log_spaced() -> None:
+    assert ladder_rung(10_000, 2) == pytest.approx(10_000)
+    assert ladder_rung(25_000, 2) == pytest.approx(10**4.5)
+    assert ladder_rung(17_000, 2) == pytest.approx(10**4.0)  # log10 4.23 rounds to 4.0
+    assert ladder_rung(17_000, 4) == pytest.approx(10**4.25)
 
 
 def test_an_assistant_is_trained_once_when_trials_ask_together(
