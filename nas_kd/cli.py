@@ -337,23 +337,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["distillers", "datasets"])
     p.add_argument("--plugin", action="append", metavar="MODULE", help="import a plugin first (module or .py file)")
     p = sub.add_parser("bench", help="benchmarks that print ratios against a baseline measured in the same run")
-    p.add_argument("what", choices=["trainer", "distillers", "search", "driver", "gpu", "quant", "quant-latency"])
+    p.add_argument(
+        "what", choices=["trainer", "distillers", "search", "gap", "driver", "gpu", "quant", "quant-latency"]
+    )
     p.add_argument("study", nargs="?", default=None, help="study file (default depends on the benchmark)")
     p.add_argument("--epochs", type=int, help="epochs per training run")
     p.add_argument("--repeats", type=int, default=3, help="timing repeats (trainer)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (distillers, search)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (distillers, search, gap)")
     p.add_argument("--budget", type=int, help="student-epoch budget per arm (search)")
     p.add_argument("--trials", type=int, help="synthetic trials (driver; default 10000)")
     p.add_argument(
         "--arms",
-        help="comma-separated subset of arms (distillers, trainer, quant; gpu: packed), e.g. ce,offline-response",
+        help="comma-separated subset of arms (distillers, gap, trainer, quant; gpu: packed), e.g. ce,offline-response",
     )
     p.add_argument("--out", help="write the table as CSV/Markdown here too")
     p.add_argument(
         "--from-runs",
         nargs="+",
         metavar="CSV",
-        help="distillers, search: rebuild the table from --out CSVs, without training",
+        help="distillers, search, gap: rebuild the table from --out CSVs, without training",
     )
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     return parser

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from typing import Any
+
+from nas_kd.config import parse_override
 
 
 class BenchError(Exception):
@@ -17,11 +20,20 @@ BENCHMARKS = {
     "trainer": "nas_kd.bench.trainer",
     "distillers": "nas_kd.bench.distillers",
     "search": "nas_kd.bench.search",
+    "gap": "nas_kd.bench.gap",
     "gpu": "nas_kd.bench.gpu",
     "driver": "nas_kd.bench.driver",
     "quant": "nas_kd.bench.quant",
     "quant-latency": "nas_kd.bench.quant_latency",
 }
+
+
+def study_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The study fields a benchmark run changes: each ``--set KEY=VALUE``, and ``--epochs N`` as ``train.epochs``."""
+    overrides = dict(parse_override(text) for text in args.set or [])
+    if args.epochs:
+        overrides["train.epochs"] = args.epochs
+    return overrides
 
 
 def main(args: argparse.Namespace) -> int:

@@ -33,9 +33,9 @@ from typing import Any
 import pandas as pd
 
 from nas_kd.arch import arch_summary, build_model, count_params
-from nas_kd.bench import BenchError
+from nas_kd.bench import BenchError, study_overrides
 from nas_kd.bench.tables import append_run, mean_std, new_runs_csv, publish, read_runs
-from nas_kd.config import Study, load_study, parse_override
+from nas_kd.config import Study, load_study
 from nas_kd.distill.helpers import resize_to_params, scale_width
 from nas_kd.distill.presets import PRESET_NAMES, PRESETS, Preset, select_presets
 from nas_kd.pipeline import ready_teachers, resolve_device, study_data, train_student
@@ -59,9 +59,7 @@ def run(args: argparse.Namespace) -> int:
 def measure(args: argparse.Namespace) -> pd.DataFrame:
     """Train every selected arm for every seed; one row per run, added to ``--out X.csv`` as each finishes."""
     study_path = args.study or DEFAULT_STUDY
-    overrides = dict(parse_override(text) for text in args.set or [])
-    if args.epochs:
-        overrides["train.epochs"] = args.epochs
+    overrides = study_overrides(args)
     arms = select_arms(args.arms)
     csv_out = new_runs_csv(args.out)
     study = load_study(study_path, overrides)

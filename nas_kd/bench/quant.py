@@ -18,9 +18,9 @@ import argparse
 import pandas as pd
 
 from nas_kd.arch import arch_summary, build_model, model_bytes
-from nas_kd.bench import BenchError
+from nas_kd.bench import BenchError, study_overrides
 from nas_kd.bench.tables import append_run, mean_std, new_runs_csv, publish, read_runs
-from nas_kd.config import load_study, parse_override
+from nas_kd.config import load_study
 from nas_kd.pipeline import ready_teachers, resolve_device, study_data, train_student
 
 DEFAULT_STUDY = "studies/quant_digits.yaml"
@@ -60,9 +60,7 @@ def select_arms(names: str | None) -> list[str]:
 
 
 def measure(args: argparse.Namespace) -> pd.DataFrame:
-    overrides = dict(parse_override(text) for text in args.set or [])
-    if args.epochs:
-        overrides["train.epochs"] = args.epochs
+    overrides = study_overrides(args)
     arms = select_arms(args.arms)
     csv_out = new_runs_csv(args.out)
     study = load_study(args.study or DEFAULT_STUDY, overrides)

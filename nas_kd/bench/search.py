@@ -36,8 +36,9 @@ import pandas as pd
 import ray
 import torch
 
+from nas_kd.bench import study_overrides
 from nas_kd.bench.tables import append_run, mean_std, new_runs_csv, publish, read_runs
-from nas_kd.config import SchedulerConfig, Study, load_study, parse_override
+from nas_kd.config import SchedulerConfig, Study, load_study
 from nas_kd.pipeline import ready_teachers, study_data
 from nas_kd.results import HYPERVOLUME_COLUMNS, read_json, read_table
 from nas_kd.search.schedulers import rung_milestones
@@ -81,9 +82,7 @@ def run(args: argparse.Namespace) -> int:
 def measure(args: argparse.Namespace) -> pd.DataFrame:
     """Run every arm for every seed; one row per run, added to ``--out X.csv`` as each finishes."""
     study_path = args.study or DEFAULT_STUDY
-    overrides = dict(parse_override(text) for text in args.set or [])
-    if args.epochs:
-        overrides["train.epochs"] = args.epochs
+    overrides = study_overrides(args)
     study = load_study(study_path, overrides)
     budget = args.budget or study.search.trials * study.train.epochs
     seeds = [study.seed + i for i in range(args.seeds)]

@@ -40,12 +40,16 @@ def append_run(path: Path, run: dict) -> None:
 
 
 def read_runs(
-    paths: Sequence[str], run_columns: Collection[str], setup_columns: Collection[str], arms: Collection[str]
+    paths: Sequence[str],
+    run_columns: Collection[str],
+    setup_columns: Collection[str],
+    arms: Collection[str],
+    keys: Sequence[str] = ("arm", "seed"),
 ) -> pd.DataFrame:
     """``--from-runs a.csv b.csv``: runs written by earlier ``--out X.csv`` calls, as one table.
 
-    A long benchmark can so run in pieces; the pieces must agree on every setup column, and no
-    (arm, seed) may appear twice.
+    A long benchmark can so run in pieces; the pieces must agree on every setup column, and no run
+    (its ``keys``) may appear twice.
     """
     frames = []
     for path in paths:
@@ -61,10 +65,11 @@ def read_runs(
     for column in setup_columns:
         if runs[column].nunique() > 1:
             raise BenchError(f"{where}: {column}: the pieces differ ({sorted(runs[column].unique())})")
-    repeated = runs[runs.duplicated(["arm", "seed"])]
+    repeated = runs[runs.duplicated(list(keys))]
     if not repeated.empty:
         first = repeated.iloc[0]
-        raise BenchError(f"{where}: arm {first['arm']} seed {first['seed']} appears more than once")
+        run = " ".join(f"{key} {first[key]}" for key in keys)
+        raise BenchError(f"{where}: {run} appears more than once")
     unknown = set(runs["arm"]) - set(arms)
     if unknown:
         raise BenchError(f"{where}: arm: unknown {sorted(unknown)}")

@@ -360,6 +360,29 @@ def capacity_figure(
     return _style(fig, title, 480)
 
 
+def gain_curve_figure(curve: pd.DataFrame, title: str) -> go.Figure:
+    """``nas-kd bench gap``: each arm's paired gain over ``ce`` against the capacity ratio, ±1 sd over seeds."""
+    if curve.empty:
+        return empty_figure(title, "No arm paired with ce on a common size and seed.")
+    fig = go.Figure()
+    colors = distiller_colors(list(curve["arm"]))
+    for arm, group in curve.groupby("arm", sort=True):
+        group = group.sort_values("capacity_ratio")
+        fig.add_trace(
+            go.Scatter(
+                x=group["capacity_ratio"], y=group["gain"], mode="lines+markers", name=str(arm),
+                error_y={"type": "data", "array": group["gain_sd"].fillna(0), "visible": True},
+                marker={"color": colors[str(arm)], "size": 8}, line={"color": colors[str(arm)]},
+                customdata=np.stack([group["params"], group["gain_sd"], group["seeds"]], axis=-1),
+                hovertemplate="%{customdata[0]:,} params (ratio %{x:.3g})<br>gain %{y:+.2f} ± %{customdata[1]:.2f} pp"
+                "<br>%{customdata[2]} seeds<extra></extra>",
+            )
+        )  # fmt: skip
+    fig.update_xaxes(**_log_axis(curve["capacity_ratio"], "capacity ratio: student / teacher params (log)"))
+    fig.update_yaxes(title_text="test-accuracy gain over ce (pp, mean ± sd)", zeroline=True, zerolinewidth=2)
+    return _style(fig, title, 460)
+
+
 # ---------------------------------------------------------------- distillers within size buckets
 
 
