@@ -32,6 +32,7 @@ from nas_kd.report.figures import gain_curve_figure
 
 DEFAULT_STUDY = "studies/fashion_mnist.yaml"
 DEFAULT_ARMS = "ce,offline-response,assistant"
+BASELINE = "ce"  # every other arm's gain is over this one
 LADDER = tuple(10 ** (3.5 + k / 2) for k in range(5))  # 3.2k ... 316k params, half a decade apart
 SETUP_COLUMNS = ("study", "family", "teacher_params", "epochs")
 RUN_COLUMNS = ("arm", "seed", "student", "params", "val_accuracy", "test_accuracy", "train_seconds", *SETUP_COLUMNS)
@@ -80,10 +81,10 @@ def measure(args: argparse.Namespace) -> pd.DataFrame:
     print(f"  teacher: {teacher_params:,} params, val_accuracy {teachers[0].val_accuracy:.4f}")
     setup = {"study": study.name, "family": students[0]["family"], "teacher_params": teacher_params,
              "epochs": study.train.epochs}  # fmt: skip
+    sized = [(arch, params_of(arch, shape, classes)) for arch in students]
     rows = []
     for seed in seeds:  # seed by seed, so a slow spell on a shared machine hits every size and arm alike
-        for arch in students:
-            params = params_of(arch, shape, classes)
+        for arch, params in sized:
             for arm in arms:
                 result = train_student(study, data, teachers, arch, arm.distiller, arm.settings, seed)
                 row = {
@@ -114,7 +115,7 @@ def ladder_students(student: dict, teacher_params: int, input_shape: tuple[int, 
     return students
 
 
-def gain_curve(runs: pd.DataFrame, baseline: str = "ce") -> pd.DataFrame:
+def gain_curve(runs: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
     """One row per (size, arm other than ``baseline``): params, capacity ratio, the mean and sample sd of the
     per-seed test-accuracy gain over ``baseline`` in pp, and how many seeds pair up."""
     if baseline not in set(runs["arm"]):
@@ -139,14 +140,14 @@ def gain_curve(runs: pd.DataFrame, baseline: str = "ce") -> pd.DataFrame:
 
 
 def summarise(runs: pd.DataFrame, curve: pd.DataFrame) -> pd.DataFrame:
-    """One row per ladder size: ce test accuracy and every arm's paired gain (mean ± sd pp)."""
+    """One row per ladder size: the baseline's test accuracy and every other arm's paired gain (mean ± sd pp)."""
     rows = []
     for params, group in runs.groupby("params", sort=True):
-        ce = group[group["arm"] == "ce"]
+        baseline = group[group["arm"] == BASELINE]
         row = {
             "params": f"{int(params):,}",
             "capacity ratio": f"{params / group['teacher_params'].iloc[0]:.3g}",
-            "ce test %": mean_std(100 * ce["test_accuracy"], 2),
+            f"{BASELINE} test %": mean_std(100 * baseline["test_accuracy"], 2),
         }
         for gain in curve[curve["params"] == params].itertuples():
             row[f"{gain.arm} gain (pp)"] = f"{gain.gain:+.2f} ± {gain.gain_sd:.2f}"
