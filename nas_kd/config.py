@@ -238,6 +238,15 @@ class RobustConfig(Strict):
     step_size: float | None = Field(None, gt=0, le=1)  # default 2.5 * epsilon / steps
 
 
+class PrescreenConfig(Strict):
+    """Score ``pool`` sampled candidates at initialisation with ``proxy`` on ``batch_size`` training images and
+    train one of them per trial (``nas_kd.search.prescreen``). Off unless given."""
+
+    proxy: Literal["naswot"] = "naswot"
+    pool: int = Field(4, ge=2, le=64)
+    batch_size: int = Field(128, ge=2, le=1024)
+
+
 class SearchConfig(Strict):
     # A file, an inline mapping, or a list of either (one per family); run directories hold the inlined form.
     space: str | dict[str, Any] | list[str | dict[str, Any]] | None = None  # required by `nas-kd search`
@@ -253,6 +262,7 @@ class SearchConfig(Strict):
     # epochs do not pay for a checkpoint each; a killed driver loses at most this much of a trial's work.
     checkpoint_seconds: float = Field(30.0, ge=0)
     robust: RobustConfig | None = None
+    prescreen: PrescreenConfig | None = None
 
     @field_validator("objectives")
     @classmethod

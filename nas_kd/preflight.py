@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from nas_kd.arch import build_model, count_params, model_bytes
+from nas_kd.arch import arch_summary, build_model, count_params, model_bytes
+from nas_kd.arch.zero_cost import relu_modules
 from nas_kd.config import Study, StudyError, TeacherConfig
 from nas_kd.data import Dataset
 from nas_kd.distill import DISTILLERS, parse_distiller_space
@@ -68,6 +69,13 @@ def check_study(study: Study, data: Dataset) -> None:
             DISTILLERS[name].check_teachers(teachers)
         except ValueError as error:
             raise StudyError(source, "teacher", str(error)) from None
+    prescreen = study.search.prescreen
+    if prescreen is not None and prescreen.batch_size > len(data.train):
+        raise StudyError(
+            source,
+            "search.prescreen.batch_size",
+            f"{prescreen.batch_size} is more than the {len(data.train)} training images",
+        )
     if study.search.space is not None:
         _check_space(study, source, input_shape, classes)
 
@@ -86,6 +94,12 @@ def _check_space(study: Study, source: str, input_shape: tuple[int, int, int], c
             model = build_on_meta(arch, input_shape, classes, forward=False)
         except ValueError as error:
             raise StudyError(source, "search.space", f"{error} (drawn: {arch})") from None
+        if study.search.prescreen is not None and not relu_modules(model):
+            raise StudyError(
+                source,
+                "search.prescreen",
+                f"naswot scores ReLU networks and a student drawn from the space has none ({arch_summary(arch)})",
+            )
         costs = {name: META_COSTS[name](model) for name in checked}
         feasible = feasible or all(costs[name] <= limit for name, limit in checked.items())
         smallest = {name: min(smallest[name], costs[name]) for name in checked}

@@ -6,7 +6,9 @@ then +1, +2 ...; teachers keep their own seed, so every arm distils from the sam
 1. random sampler + ``ce`` (no distillation), fifo;
 2. TPE + ``ce``, fifo;
 3. TPE + the study's distiller, fifo;
-4. TPE + the study's distiller + ``pareto_halving`` (the study's grace/reduction settings, else defaults).
+4. TPE + the study's distiller + ``pareto_halving`` (the study's grace/reduction settings, else defaults);
+5. TPE + the study's distiller + the training-free prescreen (``search.prescreen``: the study's, else its
+   defaults), fifo: as many students trained as arm 3, each the one chosen from a pool of sampled candidates.
 
 A fifo arm runs ``budget // epochs`` trials. The halving arm runs the trials that the budget buys if
 ``1/eta`` of them go on at each rung, and is read where the budget ran out: each run's result is the last
@@ -38,7 +40,7 @@ import torch
 
 from nas_kd.bench import study_overrides
 from nas_kd.bench.tables import append_run, mean_std, new_runs_csv, publish, read_runs
-from nas_kd.config import SchedulerConfig, Study, load_study
+from nas_kd.config import PrescreenConfig, SchedulerConfig, Study, load_study
 from nas_kd.pipeline import ready_teachers, study_data
 from nas_kd.results import HYPERVOLUME_COLUMNS, read_json, read_table
 from nas_kd.search.schedulers import rung_milestones
@@ -54,6 +56,7 @@ class Arm:
     sampler: str
     plain_ce: bool  # True: distiller ce instead of the study's
     scheduler: str
+    prescreen: bool = False  # True: search.prescreen as the study gives it, else its defaults
 
 
 ARMS = (
@@ -61,6 +64,7 @@ ARMS = (
     Arm("tpe + ce", "tpe", True, "fifo"),
     Arm("tpe + distiller", "tpe", False, "fifo"),
     Arm("tpe + distiller + pareto_halving", "tpe", False, "pareto_halving"),
+    Arm("tpe + distiller + prescreen", "tpe", False, "fifo", prescreen=True),
 )
 
 
@@ -147,6 +151,10 @@ def arm_overrides(study: Study, arm: Arm, seed: int, budget: int) -> dict[str, A
     }
     if arm.plain_ce:
         overrides["distiller"] = "ce"
+    # Only the prescreen arm screens, with the study's settings when it has them.
+    overrides["search.prescreen"] = (
+        (study.search.prescreen or PrescreenConfig()).model_dump() if arm.prescreen else None
+    )
     # Teachers keep the study's seed: a new one per seed would retrain them and change what is distilled.
     if study.teacher:
         overrides["teacher.seed"] = study.teacher_seed(study.teacher)

@@ -22,6 +22,10 @@ rejects, telling it PRUNED with its constraint values (user attribute ``rejected
 both while Tune only ever sees new, feasible students and ``trials: N`` means N students trained. A repeat of
 a failed candidate is told FAIL the same way (training is deterministic for a seed).
 
+With a ``prescreen`` (``search.prescreen``, ``prescreen.py``), ``suggest`` gathers that many new, feasible
+candidates for each trial, trains the one the prescreen chooses and tells the others PRUNED (user attribute
+``untrained``: "prescreened out"), all before Tune sees the trial.
+
 It uses OptunaSearch's private ``_ot_trials``, ``_ot_study`` and ``_completed_trials`` (Ray 2.60) and
 pickles like it (searcher checkpoints): the space must be a module-level function or picklable object.
 """
@@ -40,6 +44,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from nas_kd.search.candidates import candidate_key
+from nas_kd.search.prescreen import SCORE, Prescreen
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +52,9 @@ EPOCH = "epoch"
 REJECTED = "rejected"  # result key: why a trial was rejected before training
 CANDIDATE = "candidate"  # user attribute: candidate_key of the trial's config
 DUPLICATE_OF = "duplicate_of"  # user attribute: number of the trial whose outcome a repeat was told
-UNTRAINED = "untrained"  # user attribute of a candidate answered by the searcher: "repeat" or "over size constraint"
+# User attribute of a candidate answered by the searcher: "repeat", "over size constraint" or PRESCREENED_OUT.
+UNTRAINED = "untrained"
+PRESCREENED_OUT = "prescreened out"
 MAX_REDRAWS = 100  # a space (nearly) exhausted by the constraints and earlier trials trains a repeat after this
 
 
@@ -72,6 +79,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         epoch_attr: str = EPOCH,
         constraints: Mapping[str, float] | None = None,
         size_check: Callable[[dict[str, Any]], tuple[str | None, dict[str, int]]] | None = None,
+        prescreen: Prescreen | None = None,
         points_to_evaluate: list[dict[str, Any]] | None = None,
         sampler: optuna.samplers.BaseSampler | None = None,
         study_name: str | None = None,
@@ -93,6 +101,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         self._constraints = dict(constraints or {})
         self._last_results: dict[str, dict[str, Any]] = {}  # trial_id -> last result, for errored trials
         self._size_check = size_check
+        self._prescreen = prescreen
         self._outcomes: dict[str, Outcome] | None = None  # candidate key -> first trained outcome (from storage)
 
     def restore(self, checkpoint_path: str) -> None:
@@ -112,21 +121,26 @@ class PruningAwareOptunaSearch(OptunaSearch):
         return self._outcomes
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        pool: list[tuple[optuna.Trial, dict[str, Any]]] = []  # new, feasible candidates for this trial
+        wanted = self._prescreen.pool if self._prescreen else 1
+        config: Any = None
         for draw in range(MAX_REDRAWS):
             config = super().suggest(trial_id)
-            if not isinstance(config, dict) or draw == MAX_REDRAWS - 1:
-                if draw == MAX_REDRAWS - 1:
-                    logger.warning("no new feasible candidate in %d draws: training this one", MAX_REDRAWS)
-                return config
-            ot_trial = self._ot_trials[trial_id]
+            if not isinstance(config, dict):
+                break
+            ot_trial = self._ot_trials.pop(trial_id)  # the next ask draws a new candidate for the same Tune trial
             key = candidate_key(config)
             ot_trial.set_user_attr(CANDIDATE, key)
             known = self.known_outcomes().get(key)
             reason, costs = self._size_check(config) if self._size_check and known is None else (None, {})
-            if known is None and reason is None:
-                return config
-            # Answered without training; the next ask draws a new candidate for the same Tune trial.
-            del self._ot_trials[trial_id]
+            if (known is None and reason is None) or (draw == MAX_REDRAWS - 1 and not pool):
+                if known is not None or reason is not None:
+                    logger.warning("no new feasible candidate in %d draws: training this one", MAX_REDRAWS)
+                pool.append((ot_trial, config))
+                if len(pool) == wanted:
+                    break
+                continue
+            # Answered without training.
             ot_trial.set_user_attr(UNTRAINED, "repeat" if known is not None else "over size constraint")
             if known is not None:
                 ot_trial.set_user_attr(DUPLICATE_OF, known.number)
@@ -134,7 +148,19 @@ class PruningAwareOptunaSearch(OptunaSearch):
             else:
                 self._outcome(ot_trial, {EPOCH: 0, REJECTED: reason, **costs}, error=False)
                 self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-        raise AssertionError("unreachable: the last draw returns")
+        if not pool:
+            return config  # the searcher's own answer (finished, or wait for a free slot)
+        chosen = 0
+        if self._prescreen is not None:
+            chosen, scores = self._prescreen.choose([c for _, c in pool])
+            for i, ((ot_trial, _), score) in enumerate(zip(pool, scores, strict=True)):
+                ot_trial.set_user_attr(SCORE, score if math.isfinite(score) else None)
+                if i != chosen:
+                    ot_trial.set_user_attr(UNTRAINED, PRESCREENED_OUT)
+                    self._outcome(ot_trial, {EPOCH: 0}, error=False)
+                    self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        self._ot_trials[trial_id] = pool[chosen][0]
+        return pool[chosen][1]
 
     @property
     def metrics(self) -> list[str]:

@@ -37,8 +37,9 @@ from nas_kd.results import read_json, read_trials, write_json
 from nas_kd.search.bookkeeping import RunDirectory
 from nas_kd.search.candidates import SizeCheck
 from nas_kd.search.metrics import StudyMetricsCallback
-from nas_kd.search.optuna_search import UNTRAINED, PruningAwareOptunaSearch
+from nas_kd.search.optuna_search import PRESCREENED_OUT, UNTRAINED, PruningAwareOptunaSearch
 from nas_kd.search.pareto import StudyHypervolume, directions, modes
+from nas_kd.search.prescreen import Prescreen
 from nas_kd.search.progress import accuracy_text, make_progress, size_text
 from nas_kd.search.resume import ReconcileRestored
 from nas_kd.search.schedulers import make_scheduler
@@ -102,7 +103,7 @@ def optuna_storage_url(run_dir: Path) -> str:
 
 def make_searcher(study: Study, run_dir: Path, study_name: str, data: Dataset) -> Any:
     resolved = study.resolved()
-    objectives = study.search.objectives
+    objectives, prescreen = study.search.objectives, study.search.prescreen
     return PruningAwareOptunaSearch(
         space=TrialSpace(resolved["search"]["space"], resolved["distiller"], study.seed),
         metric=objectives,
@@ -113,6 +114,7 @@ def make_searcher(study: Study, run_dir: Path, study_name: str, data: Dataset) -
         max_epochs=study.train.epochs,
         constraints={k.removeprefix("max_"): v for k, v in study.search.constraints.items()},
         size_check=SizeCheck(study.search.constraints, data.input_shape, data.num_classes),
+        prescreen=Prescreen(prescreen, data.train, data.num_classes, study.seed) if prescreen else None,
     )
 
 
@@ -362,13 +364,18 @@ def quiet_libraries() -> Iterator[None]:
 
 
 def untrained_candidates(run: dict[str, Any]) -> dict[str, int]:
-    """Candidates the searcher answered without a trial (optuna_search.py): repeats and size rejections."""
+    """Candidates the searcher answered without a trial (optuna_search.py): repeats, size rejections and those
+    the prescreen left out."""
     try:
         trials = optuna.load_study(study_name=run["study_name"], storage=run["storage"]).get_trials(deepcopy=False)
     except KeyError:  # no trial was ever asked for
         trials = []
     answers = [t.user_attrs.get(UNTRAINED) for t in trials]
-    return {"repeats": answers.count("repeat"), "rejected": answers.count("over size constraint")}
+    return {
+        "repeats": answers.count("repeat"),
+        "rejected": answers.count("over size constraint"),
+        "prescreened_out": answers.count(PRESCREENED_OUT),
+    }
 
 
 def _hypervolume_fn(study: Study, cached: list[Any]) -> Any:
@@ -392,6 +399,7 @@ def _finish(study: Study, run_dir: Path, report: bool, log: Any) -> SearchResult
     log(
         f"\n{study.name}: {run['state']}; trials {counts}; candidates answered without training: "
         f"{untrained['repeats']} repeats, {untrained['rejected']} over a size constraint"
+        + (f", {untrained['prescreened_out']} prescreened out" if study.search.prescreen else "")
     )
     log(f"Pareto set ({len(pareto)} students):")
     for member in pareto:

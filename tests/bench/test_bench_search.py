@@ -60,15 +60,16 @@ def test_bench_search_on_quickstart(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_pieces_make_one_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    first = write_runs(tmp_path / "a.csv", 0, [0.40, 0.42, 0.50, 0.52])
-    second = write_runs(tmp_path / "b.csv", 1, [0.44, 0.46, 0.54, 0.60])
+    first = write_runs(tmp_path / "a.csv", 0, [0.40, 0.42, 0.50, 0.52, 0.48])
+    second = write_runs(tmp_path / "b.csv", 1, [0.44, 0.46, 0.54, 0.60, 0.52])
     merged = tmp_path / "all.csv"
     assert main(["bench", "search", "--from-runs", str(first), str(second), "--out", str(merged)]) == 0
     printed = capsys.readouterr().out
     assert "Final hypervolume of fashion_mnist at 60 student-epochs (2 seeds, cpu" in printed
     assert "| random + ce | 2 | 0.4200 ± 0.0283 | 1.00x |" in printed
     assert "| tpe + distiller + pareto_halving | 2 | 0.5600 ± 0.0566 | 1.33x |" in printed
-    assert len(pd.read_csv(merged)) == 8
+    assert "| tpe + distiller + prescreen | 2 | 0.5000 ± 0.0283 | 1.19x |" in printed
+    assert len(pd.read_csv(merged)) == 10
 
 
 @pytest.mark.parametrize(
@@ -78,15 +79,15 @@ def test_pieces_make_one_table(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_pieces_from_other_setups_are_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], setup: dict, message: str
 ) -> None:
-    first = write_runs(tmp_path / "a.csv", 0, [0.4, 0.4, 0.5, 0.5])
-    second = write_runs(tmp_path / "b.csv", 1, [0.4, 0.4, 0.5, 0.5], **setup)
+    first = write_runs(tmp_path / "a.csv", 0, [0.4, 0.4, 0.5, 0.5, 0.5])
+    second = write_runs(tmp_path / "b.csv", 1, [0.4, 0.4, 0.5, 0.5, 0.5], **setup)
     assert main(["bench", "search", "--from-runs", str(first), str(second)]) == 2
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
 
 
 def test_an_existing_runs_csv_is_not_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    existing = write_runs(tmp_path / "a.csv", 0, [0.4, 0.4, 0.5, 0.5])
+    existing = write_runs(tmp_path / "a.csv", 0, [0.4, 0.4, 0.5, 0.5, 0.5])
     before = existing.read_text()
     assert main(["bench", "search", str(QUICKSTART), "--budget", "2", "--out", str(existing)]) == 2
     assert f"--out: {existing} exists" in capsys.readouterr().err
