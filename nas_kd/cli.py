@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, help="synthetic trials (driver; default 10000)")
     p.add_argument(
         "--arms",
-        help="comma-separated subset of arms (distillers, gap, trainer, quant; gpu: packed), e.g. ce,offline-response",
+        help="comma-separated subset of arms (distillers, gap, search, trainer, quant; gpu: packed), e.g. ce,offline-response",
     )
     p.add_argument("--out", help="write the table as CSV/Markdown here too")
     p.add_argument(

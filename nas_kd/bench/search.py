@@ -17,7 +17,8 @@ normalised one (``pareto.StudyHypervolume``: full-budget trials only, fixed boun
 its wall time is the search's wall seconds at that row (Tune's start-up included; the arm that runs first,
 on a cold cluster, changes with each seed). Teachers are made ready once, before all arms.
 
-A long benchmark can go in pieces, one seed per machine or session: ``--set seed=1 --seeds 1 --out b.csv``
+A long benchmark can go in pieces, one seed or arm per machine or session: ``--set seed=1 --seeds 1 --out
+b.csv`` or ``--arms random-ce,tpe-distiller-prescreen`` (each arm's name with " + " as "-")
 (``--out X.csv`` adds each run as it finishes), then ``--from-runs a.csv b.csv`` prints the one table. Pieces
 must share the study, budget, epochs and device.
 
@@ -38,7 +39,7 @@ import pandas as pd
 import ray
 import torch
 
-from nas_kd.bench import study_overrides
+from nas_kd.bench import BenchError, study_overrides
 from nas_kd.bench.tables import append_run, mean_std, new_runs_csv, publish, read_runs
 from nas_kd.config import PrescreenConfig, SchedulerConfig, Study, load_study
 from nas_kd.pipeline import ready_teachers, study_data
@@ -57,6 +58,11 @@ class Arm:
     plain_ce: bool  # True: distiller ce instead of the study's
     scheduler: str
     prescreen: bool = False  # True: search.prescreen as the study gives it, else its defaults
+
+    @property
+    def slug(self) -> str:
+        """The name in ``--arms`` and in run names: ``tpe-distiller-prescreen``."""
+        return self.name.replace(" + ", "-")
 
 
 ARMS = (
@@ -86,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
 def measure(args: argparse.Namespace) -> pd.DataFrame:
     """Run every arm for every seed; one row per run, added to ``--out X.csv`` as each finishes."""
     study_path = args.study or DEFAULT_STUDY
+    arms = select_arms(args.arms)
     overrides = study_overrides(args)
     study = load_study(study_path, overrides)
     budget = args.budget or study.search.trials * study.train.epochs
@@ -106,7 +113,7 @@ def measure(args: argparse.Namespace) -> pd.DataFrame:
             (Path(runs_dir) / "_cache").symlink_to(cache, target_is_directory=True)
             for seed in seeds:
                 # The first run of a seed pays for a cold cluster; which arm that is rotates with the seed.
-                for arm in ARMS[seed % len(ARMS) :] + ARMS[: seed % len(ARMS)]:
+                for arm in arms[seed % len(arms) :] + arms[: seed % len(arms)]:
                     row = {**search_run(study_path, overrides, study, arm, seed, budget, Path(runs_dir)), **setup}
                     rows.append(row)
                     if csv_out:
@@ -116,6 +123,17 @@ def measure(args: argparse.Namespace) -> pd.DataFrame:
     if csv_out:
         print(f"\nruns written to {csv_out}")
     return pd.DataFrame(rows)
+
+
+def select_arms(names: str | None) -> list[Arm]:
+    """``--arms random-ce,tpe-distiller-prescreen``: a subset, in the canonical order (all arms by default)."""
+    if not names:
+        return list(ARMS)
+    wanted = {name.strip() for name in names.split(",") if name.strip()}
+    unknown = wanted - {arm.slug for arm in ARMS}
+    if unknown:
+        raise BenchError(f"--arms: unknown {sorted(unknown)}; choose from {', '.join(arm.slug for arm in ARMS)}")
+    return [arm for arm in ARMS if arm.slug in wanted]
 
 
 def trial_device(study: Study) -> str:
@@ -143,7 +161,7 @@ def expected_epochs(cfg: SchedulerConfig, max_epochs: int) -> float:
 
 def arm_overrides(study: Study, arm: Arm, seed: int, budget: int) -> dict[str, Any]:
     overrides: dict[str, Any] = {
-        "name": f"{study.name}-{arm.name.replace(' + ', '-')}-seed{seed}",
+        "name": f"{study.name}-{arm.slug}-seed{seed}",
         "seed": seed,
         "search.sampler": arm.sampler,
         "search.scheduler.name": arm.scheduler,
@@ -217,6 +235,8 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for arm in ARMS:
         group = runs[runs["arm"] == arm.name]
+        if group.empty:  # run with --arms
+            continue
         rows.append(
             {
                 "arm": arm.name,

@@ -40,7 +40,9 @@ def test_bench_search_on_quickstart(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         return train_plain(genome, *args, **kwargs)
 
     monkeypatch.setattr(teachers, "train_plain", counted)
+    tried = [ARMS[0], ARMS[-1]]  # the baseline and the prescreen: every arm's path is one of these two or between
     argv = ["bench", "search", str(QUICKSTART), "--budget", "2", "--epochs", "2", "--seeds", "1"]
+    argv += ["--arms", ",".join(arm.slug for arm in tried)]
     argv += ["--set", f"runs_dir={tmp_path}", "--set", "teacher.train.epochs=2", "--out", str(runs_csv)]
     try:
         assert main(argv) == 0
@@ -48,14 +50,14 @@ def test_bench_search_on_quickstart(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ray.shutdown()  # the bench stops its cluster itself; this covers a failure before it could
     assert len(trained) == 1  # the teacher is trained once, not again for the runs in the bench's own folder
     runs = pd.read_csv(runs_csv)  # written run by run
-    assert sorted(runs["arm"]) == sorted(arm.name for arm in ARMS)
+    assert sorted(runs["arm"]) == sorted(arm.name for arm in tried)
     assert (runs["failed"] == 0).all() and (runs["device"] == "cpu").all()
     assert (runs["student_epochs"] <= 2).all()
 
     assert main(["bench", "search", "--from-runs", str(runs_csv), "--out", str(out)]) == 0
     text = out.read_text()
     assert text.startswith("### Final hypervolume of quickstart at 2 student-epochs (1 seed, cpu")
-    assert all(f"| {arm.name} | 1 |" in text for arm in ARMS)
+    assert all(f"| {arm.name} | 1 |" in text for arm in tried) and "pareto_halving" not in text
     assert "± nan" in text  # one seed: no spread
 
 
@@ -84,6 +86,11 @@ def test_pieces_from_other_setups_are_refused(
     assert main(["bench", "search", "--from-runs", str(first), str(second)]) == 2
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
+
+
+def test_an_unknown_arm_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "search", str(QUICKSTART), "--arms", "random-ce,tpe-magic"]) == 2
+    assert "--arms: unknown ['tpe-magic']; choose from random-ce," in capsys.readouterr().err
 
 
 def test_an_existing_runs_csv_is_not_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
