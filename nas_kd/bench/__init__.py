@@ -9,7 +9,12 @@ import argparse
 import importlib
 from typing import Any
 
-from nas_kd.config import parse_override
+import torch
+
+from nas_kd.config import Study, parse_override
+from nas_kd.data import Dataset
+from nas_kd.pipeline import ready_teachers, resolve_device, study_data
+from nas_kd.teachers import Teacher
 
 
 class BenchError(Exception):
@@ -34,6 +39,20 @@ def study_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.epochs:
         overrides["train.epochs"] = args.epochs
     return overrides
+
+
+def student_bench_setup(study: Study, teacher_for: str) -> tuple[dict[str, Any], torch.device, Dataset, list[Teacher]]:
+    """For a benchmark that trains the study's student against its teacher: the student's genome, the device,
+    the study's data on it and the teachers, ready (trained once, then cached). BenchError without a student block, or without a
+    teacher (``teacher_for`` says what the benchmark needs one for)."""
+    if study.student is None:
+        raise BenchError(f"{study.path}: student: the benchmark needs a student block (its family and depths)")
+    device = resolve_device()
+    data = study_data(study, device)
+    teachers = [cached.as_teacher(device) for cached in ready_teachers(study, data)]
+    if not teachers:
+        raise BenchError(f"{study.path}: teacher: {teacher_for}; add one")
+    return study.student.genome(), device, data, teachers
 
 
 def main(args: argparse.Namespace) -> int:

@@ -22,12 +22,12 @@ from pathlib import Path
 import pandas as pd
 
 from nas_kd.arch import arch_summary
-from nas_kd.bench import BenchError, study_overrides
+from nas_kd.bench import BenchError, student_bench_setup, study_overrides
 from nas_kd.bench.tables import append_run, mean_std, new_runs_csv, publish, read_runs
 from nas_kd.config import load_study
 from nas_kd.distill.helpers import params_of, resize_to_params
 from nas_kd.distill.presets import PRESET_NAMES, Preset, select_presets
-from nas_kd.pipeline import ready_teachers, resolve_device, study_data, train_student
+from nas_kd.pipeline import train_student
 from nas_kd.report.figures import gain_curve_figure
 
 DEFAULT_STUDY = "studies/fashion_mnist.yaml"
@@ -67,15 +67,9 @@ def measure(args: argparse.Namespace) -> pd.DataFrame:
         raise BenchError(str(error)) from None
     csv_out = new_runs_csv(args.out)
     study = load_study(study_path, overrides)
-    if study.student is None:
-        raise BenchError(f"{study.path}: student: the benchmark needs a student block (its family and depths)")
-    device = resolve_device()
-    data = study_data(study, device)
-    teachers = [cached.as_teacher(device) for cached in ready_teachers(study, data)]
-    if not teachers:
-        raise BenchError(f"{study.path}: teacher: the capacity gap is measured against a teacher; add one")
+    student, device, data, teachers = student_bench_setup(study, "the capacity gap is measured against a teacher")
     shape, classes, teacher_params = data.input_shape, data.num_classes, teachers[0].params
-    students = ladder_students(study.student.genome(), teacher_params, shape, classes)
+    students = ladder_students(student, teacher_params, shape, classes)
     seeds = [study.seed + i for i in range(args.seeds)]
     print(f"nas-kd bench gap: {study_path}, {study.train.epochs} epochs, seeds {seeds}, device {device}")
     print(f"  teacher: {teacher_params:,} params, val_accuracy {teachers[0].val_accuracy:.4f}")

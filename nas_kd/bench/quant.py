@@ -18,10 +18,10 @@ import argparse
 import pandas as pd
 
 from nas_kd.arch import arch_summary, build_model, model_bytes
-from nas_kd.bench import BenchError, study_overrides
+from nas_kd.bench import BenchError, student_bench_setup, study_overrides
 from nas_kd.bench.tables import append_run, mean_std, new_runs_csv, publish, read_runs
 from nas_kd.config import load_study
-from nas_kd.pipeline import ready_teachers, resolve_device, study_data, train_student
+from nas_kd.pipeline import train_student
 
 DEFAULT_STUDY = "studies/quant_digits.yaml"
 BITS = (32, 8, 4, 2)
@@ -64,14 +64,7 @@ def measure(args: argparse.Namespace) -> pd.DataFrame:
     arms = select_arms(args.arms)
     csv_out = new_runs_csv(args.out)
     study = load_study(args.study or DEFAULT_STUDY, overrides)
-    if study.student is None:
-        raise BenchError(f"{study.path}: student: the benchmark needs a student block")
-    device = resolve_device()
-    data = study_data(study, device)
-    teachers = [cached.as_teacher(device) for cached in ready_teachers(study, data)]
-    if not teachers:
-        raise BenchError(f"{study.path}: teacher: the kd arms need a teacher")
-    base = study.student.genome()
+    base, device, data, teachers = student_bench_setup(study, "the kd arms need a teacher")
     setup = {"study": study.name, "student": arch_summary(arm_arch(base, "fp32-ce")), "epochs": study.train.epochs}
     seeds = [study.seed + i for i in range(args.seeds)]
     print(f"nas-kd bench quant: {study.path}, {study.train.epochs} epochs, seeds {seeds}, device {device}")

@@ -52,9 +52,8 @@ EPOCH = "epoch"
 REJECTED = "rejected"  # result key: why a trial was rejected before training
 CANDIDATE = "candidate"  # user attribute: candidate_key of the trial's config
 DUPLICATE_OF = "duplicate_of"  # user attribute: number of the trial whose outcome a repeat was told
-# User attribute of a candidate answered by the searcher: "repeat", "over size constraint" or PRESCREENED_OUT.
-UNTRAINED = "untrained"
-PRESCREENED_OUT = "prescreened out"
+UNTRAINED = "untrained"  # user attribute of a candidate answered by the searcher, one of:
+REPEAT, OVER_SIZE, PRESCREENED_OUT = "repeat", "over size constraint", "prescreened out"
 MAX_REDRAWS = 100  # a space (nearly) exhausted by the constraints and earlier trials trains a repeat after this
 
 
@@ -141,7 +140,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
                     break
                 continue
             # Answered without training.
-            ot_trial.set_user_attr(UNTRAINED, "repeat" if known is not None else "over size constraint")
+            ot_trial.set_user_attr(UNTRAINED, REPEAT if known is not None else OVER_SIZE)
             if known is not None:
                 ot_trial.set_user_attr(DUPLICATE_OF, known.number)
                 self._ot_study.tell(ot_trial, known.values, state=known.state)

@@ -47,9 +47,7 @@ class Prescreen:
         return naswot_score(model, self.images), count_params(model)
 
     def choose(self, configs: list[dict[str, Any]]) -> tuple[int, list[float]]:
-        scored = [self.score(config) for config in configs]
-        scores = [s for s, _ in scored]
-        # A score that is not a number (no ReLU; the study's validation refuses such spaces) ranks last.
-        points = np.array([[s if np.isfinite(s) else -np.inf, p] for s, p in scored], dtype=float)
-        front = pareto_mask(points, ["maximize", "minimize"])
-        return int(np.flatnonzero(front)[0]), scores
+        scored = np.array([self.score(config) for config in configs], dtype=float)
+        # pareto_mask ranks a row that is not finite (-inf: singular K; NaN: no ReLU) after every finite one.
+        front = pareto_mask(scored, ["maximize", "minimize"])
+        return int(np.flatnonzero(front)[0]), scored[:, 0].tolist()

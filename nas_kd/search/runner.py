@@ -37,7 +37,7 @@ from nas_kd.results import read_json, read_trials, write_json
 from nas_kd.search.bookkeeping import RunDirectory
 from nas_kd.search.candidates import SizeCheck
 from nas_kd.search.metrics import StudyMetricsCallback
-from nas_kd.search.optuna_search import PRESCREENED_OUT, UNTRAINED, PruningAwareOptunaSearch
+from nas_kd.search.optuna_search import OVER_SIZE, PRESCREENED_OUT, REPEAT, UNTRAINED, PruningAwareOptunaSearch
 from nas_kd.search.pareto import StudyHypervolume, directions, modes
 from nas_kd.search.prescreen import Prescreen
 from nas_kd.search.progress import accuracy_text, make_progress, size_text
@@ -372,8 +372,8 @@ def untrained_candidates(run: dict[str, Any]) -> dict[str, int]:
         trials = []
     answers = [t.user_attrs.get(UNTRAINED) for t in trials]
     return {
-        "repeats": answers.count("repeat"),
-        "rejected": answers.count("over size constraint"),
+        "repeats": answers.count(REPEAT),
+        "rejected": answers.count(OVER_SIZE),
         "prescreened_out": answers.count(PRESCREENED_OUT),
     }
 
