@@ -6,6 +6,10 @@ Arms (one student, the study's training recipe, the same cached teachers for eve
 - ``offline-response``: Hinton KD (T = 4, alpha = 0.9);
 - ``offline-feature``: CE + FitNets hints on every paired stage (no response term);
 - ``offline-relation``: CE + RKD distance and angle (no response term);
+- ``offline-dkd``: decoupled KD at its published weights and 20-epoch warm-up; ``offline-dkd-no-warmup``
+  the same without the warm-up;
+- ``offline-ls-kd``: KD on standardised logits; ``offline-dist``: DIST's inter- and intra-class relations;
+- ``offline-crd``: CE + contrastive representation distillation (memory bank, no response term);
 - ``online``: deep mutual learning with one peer of the student's architecture;
 - ``self``: Be Your Own Teacher (auxiliary heads, stripped at export);
 - ``assistant``: TAKD with one assistant at the geometric mean of teacher and student sizes;
@@ -33,12 +37,12 @@ from typing import Any
 import pandas as pd
 
 from nas_kd.arch import arch_summary, build_model, count_params
-from nas_kd.bench import BenchError, study_overrides
+from nas_kd.bench import BenchError, student_bench_setup, study_overrides
 from nas_kd.bench.tables import append_run, mean_std, new_runs_csv, publish, read_runs
 from nas_kd.config import Study, load_study
 from nas_kd.distill.helpers import resize_to_params, scale_width
 from nas_kd.distill.presets import PRESET_NAMES, PRESETS, Preset, select_presets
-from nas_kd.pipeline import ready_teachers, resolve_device, study_data, train_student
+from nas_kd.pipeline import train_student
 
 DEFAULT_STUDY = "studies/fashion_mnist.yaml"
 MAX_SHARE = 1 / 20  # the student has at most this share of the teacher's parameters
@@ -65,10 +69,8 @@ def measure(args: argparse.Namespace) -> pd.DataFrame:
     study = load_study(study_path, overrides)
     if any(arm.distiller == "multi_teacher" for arm in arms):
         study = with_two_teachers(study)
-    device = resolve_device()
-    data = study_data(study, device)
-    teachers = [cached.as_teacher(device) for cached in ready_teachers(study, data)]
-    arch = bench_student(study, teachers[0].params, data.input_shape, data.num_classes)
+    genome, device, data, teachers = student_bench_setup(study, "every arm's student is sized against the teacher")
+    arch = bench_student(genome, teachers[0].params, data.input_shape, data.num_classes)
     params = count_params(build_model(arch, data.input_shape, data.num_classes))
     seeds = [study.seed + i for i in range(args.seeds)]
     print(f"nas-kd bench distillers: {study_path}, {study.train.epochs} epochs, seeds {seeds}, device {device}")
@@ -137,10 +139,8 @@ def with_two_teachers(study: Study) -> Study:
     return study.model_copy(update={"teachers": [*study.teachers, second]})
 
 
-def bench_student(study: Study, teacher_params: int, input_shape: tuple[int, int, int], classes: int) -> dict:
-    if study.student is None:
-        raise BenchError(f"{study.path}: student: the benchmark needs a student block")
-    arch = study.student.genome()
+def bench_student(arch: dict, teacher_params: int, input_shape: tuple[int, int, int], classes: int) -> dict:
+    """The study's student, narrowed to below ``MAX_SHARE`` of the teacher's parameters if it is larger."""
     if count_params(build_model(arch, input_shape, classes)) > MAX_SHARE * teacher_params:
         arch = resize_to_params(arch, MAX_SHARE * teacher_params * 0.9, input_shape, classes)
     return arch

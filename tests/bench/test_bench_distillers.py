@@ -79,6 +79,15 @@ def test_unknown_arm_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> 
     assert "--arms: unknown ['telepathy']" in capsys.readouterr().err
 
 
+def test_a_study_without_a_teacher_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "distillers", str(QUICKSTART), "--arms", "ce", "--set", "teacher=null", "--set", "distiller=ce"]
+    out = tmp_path / "runs.csv"
+    assert main([*argv, "--set", f"runs_dir={tmp_path}", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "quickstart.yaml: teacher: every arm's student is sized against the teacher" in error
+    assert error.count("\n") == 1 and not out.exists()
+
+
 def test_a_real_run_rebuilds_from_its_csv(tmp_path: Path) -> None:
     """One epoch of two arms on digits; the CSV it writes gives back the same table."""
     runs_csv, direct, rebuilt = tmp_path / "runs.csv", tmp_path / "direct.md", tmp_path / "rebuilt.md"
