@@ -24,6 +24,8 @@ PRESETS = (
     Preset("offline-feature", "offline", {"response": "none", "feature": "fitnet"}),
     Preset("offline-relation", "offline", {"response": "none", "relation": "rkd"}),
     Preset("offline-dkd", "offline", {"response": "dkd"}),
+    # The published 20-epoch warm-up never finishes in a short run; this one shows what it costs there.
+    Preset("offline-dkd-no-warmup", "offline", {"response": "dkd", "dkd_warmup": 0}),
     Preset("offline-ls-kd", "offline", {"response": "ls_kd"}),
     Preset("offline-dist", "offline", {"response": "dist"}),
     Preset("offline-crd", "offline", {"response": "none", "relation": "crd"}),
