@@ -161,6 +161,19 @@ def test_validation_refuses_a_batch_over_the_training_split(quickstart: tuple[St
         check_study(big, data)
 
 
+def test_validation_refuses_a_space_without_relus(
+    quickstart: tuple[Study, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every built-in family uses ReLUs, so a family without any is stood in for by hiding them."""
+    study, data = quickstart
+    monkeypatch.setattr("nas_kd.preflight.relu_modules", lambda model: [])
+    with pytest.raises(StudyError, match=r"search\.prescreen.*naswot scores ReLU networks.*has none \(resnet "):
+        check_study(study, data)
+    unscreened = study.model_copy(deep=True)
+    unscreened.search.prescreen = None
+    check_study(unscreened, data)  # without a prescreen, ReLUs do not matter
+
+
 def test_the_pool_is_bounded() -> None:
     with pytest.raises(ValueError, match="pool"):
         PrescreenConfig(pool=1)
