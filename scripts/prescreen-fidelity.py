@@ -2,7 +2,8 @@
 as ``search.prescreen`` scores them), then trained with ``ce`` at the study's budget; prints Kendall's tau of
 score and of params against validation accuracy, and, over every pair where one student dominates the other in
 (higher score, fewer params), how often the dominating one is also the more accurate: the rule the prescreen
-relies on when it drops a candidate.
+relies on when it drops a candidate. Since the score grows with size, it also prints tau between the score's and
+the accuracy's residuals over log(params) (least squares): whether the score knows anything size does not.
 
     python scripts/prescreen-fidelity.py studies/quickstart.yaml --students 40
 """
@@ -25,6 +26,13 @@ def kendall_tau(a: list[float], b: list[float]) -> float:
     """Tau-a over all pairs (ties count 0)."""
     pairs = list(itertools.combinations(range(len(a)), 2))
     return sum(np.sign(a[i] - a[j]) * np.sign(b[i] - b[j]) for i, j in pairs) / len(pairs)
+
+
+def residual_over_size(values: list[float], params: list[int]) -> list[float]:
+    """What a least-squares line in log(params) leaves of ``values``."""
+    design = np.c_[np.ones(len(params)), np.log(params)]
+    fit, *_ = np.linalg.lstsq(design, np.asarray(values), rcond=None)
+    return list(np.asarray(values) - design @ fit)
 
 
 def main() -> None:
@@ -56,6 +64,8 @@ def main() -> None:
     print(f"Kendall tau(score, val accuracy)  {kendall_tau(scores, accuracies):+.3f}")
     print(f"Kendall tau(params, val accuracy) {kendall_tau(params, accuracies):+.3f}")
     print(f"Kendall tau(score, params)        {kendall_tau(scores, params):+.3f}")
+    residuals = residual_over_size(scores, params), residual_over_size(accuracies, params)
+    print(f"Kendall tau of the two residuals over log(params) {kendall_tau(*residuals):+.3f}")
     print(
         f"dominated pairs: {len(dominated)}; the dominating student more accurate in {held} "
         f"({held / max(1, len(dominated)):.0%}), as accurate in {ties}, less accurate in {len(dominated) - held - ties}"
