@@ -20,7 +20,9 @@ No student is trained twice, and no candidate over a size constraint takes a tri
 telling Optuna the first one's outcome at once (user attribute ``duplicate_of``), and one that ``size_check``
 rejects, telling it PRUNED with its constraint values (user attribute ``rejected``), so the sampler learns from
 both while Tune only ever sees new, feasible students and ``trials: N`` means N students trained. A repeat of
-a failed candidate is told FAIL the same way (training is deterministic for a seed).
+a failed candidate is told FAIL the same way (training is deterministic for a seed). A repeat of a candidate
+still in training is redrawn too; it stays RUNNING in Optuna (which, with ``constant_liar``, steers the sampler
+off that point meanwhile) and is told the first one's outcome when that finishes.
 
 With a ``prescreen`` (``search.prescreen``, ``prescreen.py``), ``suggest`` gathers that many new, feasible
 candidates for each trial, trains the one the prescreen chooses and tells the others PRUNED (user attribute
@@ -102,6 +104,8 @@ class PruningAwareOptunaSearch(OptunaSearch):
         self._size_check = size_check
         self._prescreen = prescreen
         self._outcomes: dict[str, Outcome] | None = None  # candidate key -> first trained outcome (from storage)
+        self._training: dict[str, str] = {}  # Tune trial id -> candidate key, while it trains
+        self._waiting: dict[str, list[optuna.Trial]] = {}  # candidate key -> its repeats drawn meanwhile
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
@@ -131,19 +135,22 @@ class PruningAwareOptunaSearch(OptunaSearch):
             key = candidate_key(config)
             ot_trial.set_user_attr(CANDIDATE, key)
             known = self.known_outcomes().get(key)
-            reason, costs = self._size_check(config) if self._size_check and known is None else (None, {})
-            if (known is None and reason is None) or (draw == MAX_REDRAWS - 1 and not pool):
-                if known is not None or reason is not None:
+            training = known is None and key in self._training.values()
+            new = known is None and not training
+            reason, costs = self._size_check(config) if self._size_check and new else (None, {})
+            if (new and reason is None) or (draw == MAX_REDRAWS - 1 and not pool):
+                if not new or reason is not None:
                     logger.warning("no new feasible candidate in %d draws: training this one", MAX_REDRAWS)
                 pool.append((ot_trial, config))
                 if len(pool) == wanted:
                     break
                 continue
             # Answered without training.
-            ot_trial.set_user_attr(UNTRAINED, REPEAT if known is not None else OVER_SIZE)
+            ot_trial.set_user_attr(UNTRAINED, OVER_SIZE if new else REPEAT)
             if known is not None:
-                ot_trial.set_user_attr(DUPLICATE_OF, known.number)
-                self._ot_study.tell(ot_trial, known.values, state=known.state)
+                self._tell_repeat(ot_trial, known)
+            elif training:
+                self._waiting.setdefault(key, []).append(ot_trial)
             else:
                 self._outcome(ot_trial, {EPOCH: 0, REJECTED: reason, **costs}, error=False)
                 self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
@@ -159,7 +166,12 @@ class PruningAwareOptunaSearch(OptunaSearch):
                     self._outcome(ot_trial, {EPOCH: 0}, error=False)
                     self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         self._ot_trials[trial_id] = pool[chosen][0]
+        self._training[trial_id] = candidate_key(pool[chosen][1])
         return pool[chosen][1]
+
+    def _tell_repeat(self, ot_trial: optuna.Trial, first: Outcome) -> None:
+        ot_trial.set_user_attr(DUPLICATE_OF, first.number)
+        self._ot_study.tell(ot_trial, first.values, state=first.state)
 
     @property
     def metrics(self) -> list[str]:
@@ -175,10 +187,12 @@ class PruningAwareOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)  # logs the duplicate, tells nothing
         ot_trial = self._ot_trials[trial_id]
+        waiting = self._waiting.pop(self._training.pop(trial_id, ""), [])
         stored = self._ot_study._storage.get_trial(ot_trial._trial_id)
         if stored.state.is_finished():
             # Told before a driver crash that the searcher checkpoint missed: the storage already has the
-            # truth, and telling twice would raise (UpdateFinishedTrialError) and stop a resumed study.
+            # truth, and telling twice would raise (UpdateFinishedTrialError) and stop a resumed study. Its
+            # waiting repeats were RUNNING with no Tune trial, so the resume marked them lost.
             self._completed_trials.add(trial_id)
             return None
         state, values = self._outcome(ot_trial, result or last or {}, error)
@@ -190,6 +204,9 @@ class PruningAwareOptunaSearch(OptunaSearch):
         candidate = ot_trial.user_attrs.get(CANDIDATE)
         if candidate:
             self.known_outcomes().setdefault(candidate, Outcome(ot_trial.number, state, values))
+        for repeat in waiting:
+            if not self._ot_study._storage.get_trial(repeat._trial_id).state.is_finished():  # not lost in a resume
+                self._tell_repeat(repeat, Outcome(ot_trial.number, state, values))
 
     def _outcome(
         self, ot_trial: optuna.Trial, result: dict[str, Any], error: bool

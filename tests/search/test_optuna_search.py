@@ -129,6 +129,57 @@ def test_no_student_is_trained_twice_and_size_rejections_take_no_trial(
             assert trial.user_attrs["rejected"] == "params too big" and trial.constraints["params"] > 0
 
 
+def repeats_waiting(storage: optuna.storages.BaseStorage) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in stored_study(storage).trials if t.user_attrs.get("untrained") == "repeat"]
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_a_repeat_of_a_student_in_training_is_not_trained_and_gets_its_outcome(
+    journal: optuna.storages.JournalStorage, tmp_path: Path, checkpointed: bool
+) -> None:
+    searcher = make_searcher(journal)
+    searcher._space = three_students
+    for trial_id in "abc":  # three trials in flight at once: each must be a different student
+        searcher.suggest(trial_id)
+    widths = {trial_id: searcher._ot_trials[trial_id].params["width"] for trial_id in "abc"}
+    assert sorted(widths.values()) == [8, 16, 64]
+    waiting = repeats_waiting(journal)
+    assert waiting and all(t.state == TrialState.RUNNING for t in waiting)  # drawn meanwhile, told nothing yet
+    if checkpointed:  # the driver stops and resumes between the draw and the first one's end
+        searcher.save(str(tmp_path / "searcher.pkl"))
+        searcher = PruningAwareOptunaSearch(max_epochs=TOY_EPOCHS)
+        searcher.restore(str(tmp_path / "searcher.pkl"))
+    searcher.on_trial_complete("a", {"epoch": TOY_EPOCHS, "val_accuracy": 0.8, "params": 8_000})
+    searcher.on_trial_complete("b", {"epoch": 1, "val_accuracy": 0.5, "params": 16_000})  # stopped early
+    searcher.on_trial_complete("c", None, error=True)
+    outcome = {
+        widths["a"]: (TrialState.COMPLETE, [0.8, 8_000], 0),
+        widths["b"]: (TrialState.PRUNED, None, 1),
+        widths["c"]: (TrialState.FAIL, None, 2),
+    }
+    told = repeats_waiting(journal)
+    assert len(told) == len(waiting)
+    for trial in told:
+        assert (trial.state, trial.values, trial.user_attrs["duplicate_of"]) == outcome[trial.params["width"]]
+
+
+def test_a_waiting_repeat_lost_in_a_resume_is_left_as_the_resume_marked_it(
+    journal: optuna.storages.JournalStorage,
+) -> None:
+    searcher = make_searcher(journal)
+    searcher._space = three_students
+    for trial_id in "abc":
+        searcher.suggest(trial_id)
+    waiting = repeats_waiting(journal)
+    assert waiting
+    for trial in waiting:  # what resume.fail_orphan_optuna_trials does to RUNNING trials no Tune trial carries
+        journal.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    for trial_id in "abc":
+        searcher.on_trial_complete(trial_id, {"epoch": TOY_EPOCHS, "val_accuracy": 0.8, "params": 8_000})
+    assert [t.state for t in repeats_waiting(journal)] == [TrialState.FAIL] * len(waiting)
+    assert [t.state for t in stored_study(journal).trials[:1]] == [TrialState.COMPLETE]
+
+
 @pytest.fixture
 def local_ray() -> Iterator[None]:
     # address="local": always our own cluster, never one that another process on this machine started.

@@ -145,6 +145,24 @@ def test_size_constraint_rejects_before_a_trial(tmp_path: Path) -> None:
     assert all(t.state == optuna.trial.TrialState.PRUNED and t.constraints["params"] > 0 for t in rejected)
 
 
+def test_students_in_training_at_once_are_all_different(tmp_path: Path) -> None:
+    """Three trials of a space of three students, drawn before any has finished: three different students,
+    and each repeat drawn meanwhile is told the outcome of the one it repeats, without training."""
+    space = {"family": "cnn", "stem": 8, "stages": 1, "stage": {"channels": {"choices": [8, 16, 24]}, "depth": 1}}
+    overrides = {"search.space": space, "search.sampler": "random", "search.trials": 3, "search.max_concurrent": 3}
+    search(tmp_path, distiller="ce", **overrides)
+    trials = pd.read_csv(tmp_path / "quickstart" / "trials.csv")
+    assert len(trials) == 3 and trials["arch"].is_unique and (trials["status"] == "COMPLETE").all()
+    run = json.loads((tmp_path / "quickstart" / "run.json").read_text())
+    stored = optuna.load_study(study_name=run["study_name"], storage=run["storage"]).trials
+    repeats = [t for t in stored if t.user_attrs.get("untrained") == "repeat"]
+    assert repeats and run["answered_without_training"]["repeats"] == len(repeats)
+    for repeat in repeats:
+        first = stored[repeat.user_attrs["duplicate_of"]]
+        assert repeat.params == first.params and repeat.values == first.values
+        assert repeat.state == first.state == optuna.trial.TrialState.COMPLETE
+
+
 EPOCHS = 16  # long enough trials to be caught mid-way
 TINY_SPACE = {  # quick epochs, so that the test spends its time on killing and resuming
     "family": "cnn",
