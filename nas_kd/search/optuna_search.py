@@ -201,12 +201,13 @@ class PruningAwareOptunaSearch(OptunaSearch):
         except Exception as exc:  # as OptunaSearch does: a refused tell must not stop the experiment
             logger.warning("Optuna refused trial %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
+        outcome = Outcome(ot_trial.number, state, values)
         candidate = ot_trial.user_attrs.get(CANDIDATE)
         if candidate:
-            self.known_outcomes().setdefault(candidate, Outcome(ot_trial.number, state, values))
+            self.known_outcomes().setdefault(candidate, outcome)
         for repeat in waiting:
             if not self._ot_study._storage.get_trial(repeat._trial_id).state.is_finished():  # not lost in a resume
-                self._tell_repeat(repeat, Outcome(ot_trial.number, state, values))
+                self._tell_repeat(repeat, outcome)
 
     def _outcome(
         self, ot_trial: optuna.Trial, result: dict[str, Any], error: bool
