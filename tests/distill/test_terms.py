@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from nas_kd.distill.base import Outputs
 from nas_kd.distill.terms import TERMS
 from nas_kd.distill.terms.at import AT
-from nas_kd.distill.terms.crd import CRD
+from nas_kd.distill.terms.crd import CRD, bank_dots
 from nas_kd.distill.terms.dist import DIST
 from nas_kd.distill.terms.dkd import DKD
 from nas_kd.distill.terms.fitnet import FitNet
@@ -301,3 +301,17 @@ def test_logit_terms_agree_with_torchdistill(scale: float) -> None:
     # torchdistill computes DIST in float32 like us; at scale 100 its rounding reaches 5e-5 (ours matches the
     # float64 reference to 1e-5 in TestDIST), so the cross-check allows 1e-4 there.
     assert sum(parts.values()).item() == pytest.approx(theirs_dist.item(), rel=1e-5 if scale < 100 else 1e-4)
+
+
+def test_crd_bank_dots_match_the_gathered_rows_and_their_gradient() -> None:
+    # One (B, N) product then a gather must equal RepDistiller's gather-then-bmm, values and gradient.
+    torch.manual_seed(0)
+    bank = torch.randn(300, 8, dtype=f64)
+    rows = torch.randint(0, 300, (5, 41))
+    anchor = torch.randn(5, 8, dtype=f64, requires_grad=True)
+    ours = bank_dots(bank, anchor, rows)
+    (ours.exp() * torch.arange(41.0, dtype=f64)).sum().backward()
+    grad, anchor.grad = anchor.grad.clone(), None
+    reference = torch.bmm(bank[rows], anchor[:, :, None]).squeeze(2)
+    (reference.exp() * torch.arange(41.0, dtype=f64)).sum().backward()
+    assert torch.allclose(ours, reference) and torch.allclose(grad, anchor.grad)

@@ -38,6 +38,17 @@ def nce_loss(scores: torch.Tensor, dataset_size: int) -> torch.Tensor:
     return -(log_positive.sum() + log_negative.sum()) / len(scores)
 
 
+def bank_dots(bank: torch.Tensor, anchor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(B, k+1) dot products of each anchor with its drawn bank rows.
+
+    RepDistiller gathers the B x (k+1) rows and multiplies them in a bmm; that moves B x (k+1) x feat_dim
+    floats per step (1 GB per bank at the published nce_k and batch 128) and is memory-bound. One (B, N)
+    product with the whole bank, then a gather of the drawn columns, gives the same numbers 10-30x faster
+    (docs/benchmarks.md) for B x N floats of memory (1.3 GB at ImageNet's 1.28M rows and batch 256).
+    """
+    return (anchor @ bank.t()).gather(1, rows)
+
+
 class CRDSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     feat_dim: int = Field(128, ge=1, description="width of the embedding both heads project onto")
@@ -101,15 +112,19 @@ class CRD(Term):
         v_t = F.normalize(self.embed_teacher(teacher.embedding.float()).float(), dim=1)
         rows = torch.cat([index[:, None], self.negatives(index)], 1)  # positive first
         # Teacher as anchor against the student bank, and the student against the teacher bank.
-        scores_t = torch.exp(torch.bmm(self.memory_student[rows], v_t[:, :, None]).squeeze(2) / self.settings.nce_t)
-        scores_s = torch.exp(torch.bmm(self.memory_teacher[rows], v_s[:, :, None]).squeeze(2) / self.settings.nce_t)
+        scores_t = torch.exp(bank_dots(self.memory_student, v_t, rows) / self.settings.nce_t)
+        scores_s = torch.exp(bank_dots(self.memory_teacher, v_s, rows) / self.settings.nce_t)
         n = len(self.memory_student)
         with torch.no_grad():
             unset = self.normaliser < 0
             first = torch.stack([scores_s.mean(), scores_t.mean()]) * n
             self.normaliser.copy_(torch.where(unset, first, self.normaliser))
-            for bank, v in ((self.memory_student, v_s), (self.memory_teacher, v_t)):
-                bank.index_copy_(0, index, F.normalize(bank[index] * m + v.detach() * (1 - m), dim=1))
+            for name, v in (("memory_student", v_s), ("memory_teacher", v_t)):
+                bank = getattr(self, name)
+                # Out of place: the scores' backward still needs the bank they were computed from.
+                setattr(
+                    self, name, bank.index_copy(0, index, F.normalize(bank[index] * m + v.detach() * (1 - m), dim=1))
+                )
         loss = nce_loss(scores_s / self.normaliser[0], n) + nce_loss(scores_t / self.normaliser[1], n)
         return {"crd": loss}
 
