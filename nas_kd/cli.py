@@ -198,7 +198,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         dashboard=not args.no_dashboard,
         dashboard_host=args.dashboard_host,
         verbose=args.verbose,
-        **_overrides(args.set),
+        overrides=_overrides(args.set),
     )
     return 0
 

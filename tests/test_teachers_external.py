@@ -259,7 +259,7 @@ def test_search_with_a_folder_dataset_and_a_weights_teacher(
     teacher = {"torchvision": "resnet18", "weights": str(resnet_weights["safetensors"])}
     path = write_study(tmp_path, folder, teacher, distiller={"name": "offline", "temperature": 4})
     logs: list[str] = []
-    result = run_study(path, cpus=2, dashboard=False, log=logs.append, **{"search.max_concurrent": 2})
+    result = run_study(path, cpus=2, dashboard=False, log=logs.append, overrides={"search.max_concurrent": 2})
     assert not any(line.startswith("training teacher") for line in logs)
     (teacher_row,) = json.loads((result.run_dir / "teachers.json").read_text())
     assert teacher_row["arch_summary"] == "torchvision resnet18" and teacher_row["val_accuracy"] is not None

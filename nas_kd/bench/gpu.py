@@ -77,7 +77,7 @@ def search_arm(study_path: str, overrides: dict[str, Any], name: str, share: flo
     start = time.perf_counter()
     result = run_study(
         study_path, dashboard=False, report=False, log=lambda *a: None,
-        **{**overrides, "name": f"{name}-gpu{share:g}", "resources.gpu": share},
+        overrides={**overrides, "name": f"{name}-gpu{share:g}", "resources.gpu": share},
     )  # fmt: skip
     seconds = time.perf_counter() - start
     complete = int((result.trials["status"] == "COMPLETE").sum())

@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,18 +223,19 @@ def run_study(
     report: bool = True,
     log: Any = print,
     verbose: bool = False,
-    **overrides: Any,
+    overrides: Mapping[str, Any] | None = None,
 ) -> SearchResult:
     """Run (or resume) a search study; returns the trials table and the Pareto set.
 
-    ``overrides`` are dotted study fields, e.g. ``run_study("s.yaml", **{"train.epochs": 2})``.
+    ``overrides`` are dotted study fields, e.g. ``run_study("s.yaml", overrides={"train.epochs": 2})``; a
+    mapping of its own, so that a field may share a name with an option (``runs_dir``).
     """
     if isinstance(study_or_path, Study):
         study = study_or_path
         if overrides:
             raise ValueError("overrides apply to a study file path, not to a Study object")
     else:
-        study = load_study(study_or_path, overrides)
+        study = load_study(study_or_path, dict(overrides or {}))
     import_plugins(study.plugins)  # a no-op when load_study imported them; a Study built in Python may not have
     if study.search.space is None:
         raise StudyError(

@@ -222,8 +222,9 @@ def test_the_shipped_quantized_study_searches_bit_widths_and_exports_its_front(t
     study = Path(__file__).resolve().parents[2] / "studies" / "quant_digits.yaml"
     cut = {"search.trials": 4, "search.max_concurrent": 2, "search.sampler": "random", "train.epochs": 2}
     cut["teacher.train.epochs"] = 3
+    cut["runs_dir"] = tmp_path  # a field named like one of run_study's options (it raised TypeError once)
     settings = [f"--set={k}={v}" for k, v in cut.items()]
-    assert main(["search", str(study), "--runs-dir", str(tmp_path), "--no-dashboard", *settings]) == 0
+    assert main(["search", str(study), "--no-dashboard", *settings]) == 0
     run_dir = tmp_path / "quant_digits"
     trials = pd.read_csv(run_dir / "trials.csv")
     assert len(trials) == 4 and (trials["status"] == "COMPLETE").all()

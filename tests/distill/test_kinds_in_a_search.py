@@ -27,8 +27,8 @@ SEARCHES: dict[str, dict[str, Any]] = {
 def test_each_kind_runs_in_a_search(tmp_path: Path, name: str) -> None:
     run_study(
         QUICKSTART, runs_dir=tmp_path, cpus=2, dashboard=False, log=lambda _: None,
-        **{"train.epochs": 2, "teacher.train.epochs": 3, "search.trials": 2, "search.max_concurrent": 2},
-        **SEARCHES[name],
+        overrides={"train.epochs": 2, "teacher.train.epochs": 3, "search.trials": 2, "search.max_concurrent": 2,
+                   **SEARCHES[name]},
     )  # fmt: skip
     trials = pd.read_csv(tmp_path / "quickstart" / "trials.csv")
     assert len(trials) == 2 and (trials["status"] == "COMPLETE").all(), trials.get("error")

@@ -68,7 +68,7 @@ def test_small_study_completes_on_the_cluster(cluster: Cluster, tmp_path: Path) 
         runs_dir=tmp_path,
         report=False,
         log=lambda *a: None,
-        **{"train.epochs": 1, "teacher.train.epochs": 1, "search.trials": 2, "resources.gpu": 0.5},
+        overrides={"train.epochs": 1, "teacher.train.epochs": 1, "search.trials": 2, "resources.gpu": 0.5},
     )
     assert not ray.is_initialized()  # run_study stops the connection it started
     assert list(result.trials["status"]) == ["COMPLETE", "COMPLETE"], result.trials[["status", "error"]]

@@ -35,8 +35,7 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cpus=2,
         dashboard=False,
         log=lambda _: None,
-        **SMALL,
-        **{"teacher.arch": SMALL_TEACHER},
+        overrides={**SMALL, "teacher.arch": SMALL_TEACHER},
     )
     return runs / "quickstart"
 

@@ -243,7 +243,7 @@ def test_run_study_exports_metrics(local_ray: LocalRay, tmp_path: Path) -> None:
             runs_dir=tmp_path,
             report=False,
             log=lambda *a: None,
-            **{"train.epochs": 2, "teacher.train.epochs": 1, "search.trials": 2},
+            overrides={"train.epochs": 2, "teacher.train.epochs": 1, "search.trials": 2},
         )
     assert len(result.trials) == 2
     seen = wait_for(local_ray, "quickstart", {"ray_nas_kd_trials_started_total": 2, "ray_nas_kd_pareto_size": 1})

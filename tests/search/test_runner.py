@@ -40,7 +40,7 @@ SMALL = {
 
 def search(tmp_path: Path, **overrides: object):
     return run_study(
-        QUICKSTART, runs_dir=tmp_path, cpus=2, dashboard=False, log=lambda _: None, **{**SMALL, **overrides}
+        QUICKSTART, runs_dir=tmp_path, cpus=2, dashboard=False, log=lambda _: None, overrides={**SMALL, **overrides}
     )
 
 
