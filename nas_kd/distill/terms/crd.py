@@ -43,8 +43,8 @@ def bank_dots(bank: torch.Tensor, anchor: torch.Tensor, rows: torch.Tensor) -> t
 
     RepDistiller gathers the B x (k+1) rows and multiplies them in a bmm; that moves B x (k+1) x feat_dim
     floats per step (1 GB per bank at the published nce_k and batch 128) and is memory-bound. One (B, N)
-    product with the whole bank, then a gather of the drawn columns, gives the same numbers 10-30x faster
-    (docs/benchmarks.md) for B x N floats of memory (1.3 GB at ImageNet's 1.28M rows and batch 256).
+    product with the whole bank, then a gather of the drawn columns, gives the same numbers 25-33x faster
+    at 50k-54k rows and 6x at 262k on one CPU thread (docs/benchmarks.md), for B x N floats of memory.
     """
     return (anchor @ bank.t()).gather(1, rows)
 
