@@ -38,6 +38,9 @@
                       val_sd, test_mean, test_sd, best (the member's best recipe by val_mean), front (on the final
                       front of best recipes: val_mean up, params down), "fidelity": {"kendall_tau", "members"}}.
   - ``students/<job>/`` each COMPLETE job's student (``nas_kd.load_student``); ``tune/`` its Tune experiment.
+
+The ``.json`` files are strict JSON: a value that is not a finite number (a one-seed sd, a tau over too few
+members) is null.
 """
 
 from __future__ import annotations
@@ -76,10 +79,24 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+    """Strict JSON (what jq and browsers parse): a NaN or infinite float is written as null."""
+    write_atomic(path, json.dumps(_finite(data), indent=2, default=json_default, allow_nan=False) + "\n")
 
 
-def _json_default(value: Any) -> Any:
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if hasattr(value, "item"):  # numpy and torch scalars
+        return _finite(value.item())
+    return value
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps``' ``default`` for numpy and torch scalars."""
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")

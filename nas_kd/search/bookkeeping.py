@@ -40,6 +40,7 @@ from nas_kd.results import (
     EVENT_LOG,
     HYPERVOLUME_COLUMNS,
     TRIAL_COLUMNS,
+    json_default,
     read_json,
     read_table,
     write_json,
@@ -424,7 +425,7 @@ class RunDirectory(tune.Callback):
 
     # -- files --------------------------------------------------------------------------------------
     def _log_event(self, event: dict[str, Any]) -> None:
-        self._append(EVENT_LOG, json.dumps(event, default=_json_value) + "\n")
+        self._append(EVENT_LOG, json.dumps(event, default=json_default) + "\n")
 
     def _append_csv(self, name: str, columns: list[str], row: dict[str, Any]) -> None:
         header = "" if name in self._files else _header_unless_written(self.run_dir / name, columns)
@@ -560,12 +561,6 @@ def _apply_result(row: dict[str, Any], result: dict[str, Any]) -> None:
 
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _json_value(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Diverged|Interrupt)): ")
