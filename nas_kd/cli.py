@@ -350,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--arms",
         help="comma-separated subset of arms (distillers, gap, search, trainer, quant; gpu: packed), e.g. ce,offline-response",
     )
+    p.add_argument("--sizes", help="gap: student sizes in params instead of the ladder, e.g. 100k,316k")
     p.add_argument("--out", help="write the table as CSV/Markdown here too")
     p.add_argument(
         "--from-runs",

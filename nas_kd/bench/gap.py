@@ -9,7 +9,9 @@ of the paired difference (same size, same seed, so initialisation and batch orde
 
 The figure (``--out X.md`` or ``X.csv`` also writes ``X.html``) is the gain against the capacity ratio with
 one-sd error bars: where the gain falls as the ratio shrinks, the teacher is too large for the student.
-Pieces: ``--arms ce --out a.csv``, ``--arms offline-response,assistant --out b.csv``, ``--from-runs a.csv b.csv``.
+Pieces: ``--arms ce --out a.csv``, ``--arms offline-response,assistant --out b.csv``, ``--from-runs a.csv b.csv``;
+``--sizes 100k,316k`` trains only those rungs (or any other sizes: targets in params, ``k`` and ``M`` allowed),
+so the largest, slowest students can run as pieces of their own.
 
 Default study: studies/fashion_mnist.yaml.
 """
@@ -65,11 +67,12 @@ def measure(args: argparse.Namespace) -> pd.DataFrame:
         arms: list[Preset] = select_presets(args.arms or DEFAULT_ARMS, "--arms")
     except ValueError as error:
         raise BenchError(str(error)) from None
+    targets = parse_sizes(args.sizes) if args.sizes else None
     csv_out = new_runs_csv(args.out)
     study = load_study(study_path, overrides)
     student, device, data, teachers = student_bench_setup(study, "the capacity gap is measured against a teacher")
     shape, classes, teacher_params = data.input_shape, data.num_classes, teachers[0].params
-    students = ladder_students(student, teacher_params, shape, classes)
+    students = ladder_students(student, teacher_params, shape, classes, targets)
     seeds = [study.seed + i for i in range(args.seeds)]
     print(f"nas-kd bench gap: {study_path}, {study.train.epochs} epochs, seeds {seeds}, device {device}")
     print(f"  teacher: {teacher_params:,} params, val_accuracy {teachers[0].val_accuracy:.4f}")
@@ -93,10 +96,37 @@ def measure(args: argparse.Namespace) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def ladder_students(student: dict, teacher_params: int, input_shape: tuple[int, int, int], classes: int) -> list[dict]:
-    """The study's student resized to each ladder size below the teacher's (distinct architectures only)."""
+def parse_sizes(text: str) -> tuple[float, ...]:
+    """``--sizes 3.2k,10k,1M`` -> (3200.0, 10000.0, 1000000.0)."""
+    sizes = []
+    for word in text.split(","):
+        number = word.strip().lower()
+        scale = {"k": 1e3, "m": 1e6}.get(number[-1:], 1.0)
+        try:
+            size = float(number.rstrip("km")) * scale
+        except ValueError:
+            raise BenchError(f"--sizes: {word.strip()!r} is not a parameter count (e.g. 3.2k, 10000, 1M)") from None
+        if not size >= 1:
+            raise BenchError(f"--sizes: {word.strip()!r} must be a positive parameter count")
+        sizes.append(size)
+    return tuple(sizes)
+
+
+def ladder_students(
+    student: dict,
+    teacher_params: int,
+    input_shape: tuple[int, int, int],
+    classes: int,
+    targets: tuple[float, ...] | None = None,
+) -> list[dict]:
+    """The study's student resized to each ladder size below the teacher's (distinct architectures only), or
+    to each of ``targets``, which must all be below the teacher."""
+    if targets is not None:
+        above = [f"{t:,.0f}" for t in targets if t >= teacher_params]
+        if above:
+            raise BenchError(f"--sizes: {', '.join(above)} not below the teacher's {teacher_params:,} params")
     students: list[dict] = []
-    for target in LADDER:
+    for target in targets or LADDER:
         if target >= teacher_params:
             break
         arch = resize_to_params(student, target, input_shape, classes)

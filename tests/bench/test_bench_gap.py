@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from nas_kd.bench import BenchError
-from nas_kd.bench.gap import LADDER, gain_curve, ladder_students
+from nas_kd.bench.gap import LADDER, gain_curve, ladder_students, parse_sizes
 from nas_kd.cli import main
 from nas_kd.distill.helpers import params_of
 
@@ -82,3 +82,14 @@ def test_a_tiny_run_writes_runs_table_and_figure_then_rebuilds_from_them(
     assert main(["bench", "gap", "--from-runs", str(out), "--out", str(rebuilt)]) == 0
     assert rebuilt.read_text().split("\n\n")[1] in first  # the same table, from the runs alone
     assert "offline-response gain (pp)" in rebuilt.read_text()
+
+
+def test_sizes_pick_the_rungs_of_a_piece() -> None:
+    assert parse_sizes("3.2k, 10000,1M") == (3200.0, 10000.0, 1_000_000.0)
+    students = ladder_students(CNN, 50_000, (1, 8, 8), 10, targets=(32_000.0,))
+    assert len(students) == 1 and 0.6 < params_of(students[0], (1, 8, 8), 10) / 32_000 < 1.6
+    with pytest.raises(BenchError, match="--sizes: 60,000 not below the teacher's 50,000 params"):
+        ladder_students(CNN, 50_000, (1, 8, 8), 10, targets=(10_000.0, 60_000.0))
+    for bad in ("ten", "0", "3.2x", ""):
+        with pytest.raises(BenchError, match="--sizes"):
+            parse_sizes(bad)
