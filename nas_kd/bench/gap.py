@@ -45,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
         runs = read_runs(args.from_runs, RUN_COLUMNS, SETUP_COLUMNS, list(PRESET_NAMES), keys=("arm", "seed", "params"))
     else:
         runs = measure(args)
+        if BASELINE not in set(runs["arm"]):  # a piece of other arms: its runs are in --out, its gains need ce's
+            print(f"\n{len(runs)} runs; the gains are over {BASELINE}: nas-kd bench gap --from-runs THIS.csv CE.csv")
+            return 0
     curve = gain_curve(runs)
     first = runs.iloc[0]
     title = (

@@ -83,6 +83,13 @@ def test_a_tiny_run_writes_runs_table_and_figure_then_rebuilds_from_them(
     assert rebuilt.read_text().split("\n\n")[1] in first  # the same table, from the runs alone
     assert "offline-response gain (pp)" in rebuilt.read_text()
 
+    # a piece without ce (one rung) measures, keeps its runs and succeeds; its gains come with a ce piece
+    piece = tmp_path / "kd.csv"
+    piece_args = [*args[:-1], "offline-response", "--sizes", "3k", "--out", str(piece), *settings]
+    assert main(piece_args) == 0
+    assert list(pd.read_csv(piece)["arm"]) == ["offline-response"]
+    assert "--from-runs" in capsys.readouterr().out
+
 
 def test_sizes_pick_the_rungs_of_a_piece() -> None:
     assert parse_sizes("3.2k, 10000,1M") == (3200.0, 10000.0, 1_000_000.0)
