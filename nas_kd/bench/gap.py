@@ -106,7 +106,7 @@ def parse_sizes(text: str) -> tuple[float, ...]:
         number = word.strip().lower()
         scale = {"k": 1e3, "m": 1e6}.get(number[-1:], 1.0)
         try:
-            size = float(number.rstrip("km")) * scale
+            size = float(number[:-1] if scale != 1.0 else number) * scale
         except ValueError:
             raise BenchError(f"--sizes: {word.strip()!r} is not a parameter count (e.g. 3.2k, 10000, 1M)") from None
         if not size >= 1:

@@ -97,6 +97,6 @@ def test_sizes_pick_the_rungs_of_a_piece() -> None:
     assert len(students) == 1 and 0.6 < params_of(students[0], (1, 8, 8), 10) / 32_000 < 1.6
     with pytest.raises(BenchError, match="--sizes: 60,000 not below the teacher's 50,000 params"):
         ladder_students(CNN, 50_000, (1, 8, 8), 10, targets=(10_000.0, 60_000.0))
-    for bad in ("ten", "0", "3.2x", ""):
+    for bad in ("ten", "0", "3.2x", "3.2kk", "1km", ""):
         with pytest.raises(BenchError, match="--sizes"):
             parse_sizes(bad)
