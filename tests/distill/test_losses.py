@@ -70,6 +70,15 @@ def test_fitnet_is_the_mean_squared_error() -> None:
     assert fitnet_loss(torch.tensor([1.0, 2.0]), torch.zeros(2)).item() == pytest.approx(2.5)
 
 
+def test_fitnet_gradient_keeps_the_channels_last_layout() -> None:
+    # The adapter's batch norm runs channels_last; an NCHW gradient sends its CPU backward down a slow path.
+    # (A leaf's .grad is laid out like the leaf whatever the backward gives, so the map here is not a leaf.)
+    leaf = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    adapted = 2 * leaf
+    (gradient,) = torch.autograd.grad(fitnet_loss(adapted, torch.randn(2, 3, 4, 4)), adapted)
+    assert gradient.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_attention_transfer_compares_normalised_channel_energy() -> None:
     # Student channels [1, 0] and [1, 2] over two positions: energy [(1+1)/2, (0+4)/2] = [1, 2] -> [1, 2]/sqrt 5.
     student = torch.tensor([[[[1.0, 0.0]], [[1.0, 2.0]]]])

@@ -7,7 +7,6 @@ several pairs the term is their mean, so the weight keeps its meaning whatever t
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel
 from torch import nn
 
@@ -17,8 +16,13 @@ from nas_kd.distill.terms.pairing import adapter, match_spatial
 
 
 def fitnet_loss(adapted_student: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
-    """FitNets hint: mean squared error between the (adapted) student feature and the teacher's."""
-    return F.mse_loss(adapted_student.float(), teacher_feature.float())
+    """FitNets hint: mean squared error between the (adapted) student feature and the teacher's.
+
+    Written as a sum over the element count, not ``F.mse_loss`` or ``.mean()``: their backward hands the
+    adapter an NCHW gradient for a channels_last map, and batch norm's CPU backward with mixed memory formats
+    is several times slower (FitNets cost 2.0x ce with cached teacher features, 1.4x this way)."""
+    difference = adapted_student.float() - teacher_feature.float()
+    return difference.pow(2).sum() / difference.numel()
 
 
 @register_term
