@@ -70,13 +70,14 @@ class TrainFeatures:
 
         return cls(load("logits"), [load(f"stage{i}") for i in range(stages)], load("embedding"))
 
-    def rows(self, index: torch.Tensor, device: torch.device) -> Outputs:
+    def rows(self, index: torch.Tensor, device: torch.device, stage_features: bool = True) -> Outputs:
         rows = index.cpu().numpy()
 
         def take(array: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.asarray(array[rows])).to(device).float()  # fancy indexing copies
 
-        return Outputs(take(self.logits), [take(stage) for stage in self.stages], take(self.embedding))
+        stages = [take(stage) for stage in self.stages] if stage_features else None
+        return Outputs(take(self.logits), stages, take(self.embedding))
 
 
 def feature_bytes(model: nn.Module, x: torch.Tensor) -> int:

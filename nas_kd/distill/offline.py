@@ -42,5 +42,6 @@ class Offline(Distiller):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         features = self.knowledge.needs_features
         student = run(self.student, x, features)
-        teacher = self.teacher.outputs(x, index, self.context.augmented, features)
+        stage_features = self.knowledge.needs("features")
+        teacher = self.teacher.outputs(x, index, self.context.augmented, features, stage_features)
         return student.logits, self.knowledge(student, teacher, y, self.cross_entropy, index)

@@ -70,6 +70,41 @@ def test_feature_and_relation_knowledge_read_the_cache_instead_of_running_the_te
     assert cached == pytest.approx(live, rel=1e-2)
 
 
+@pytest.mark.parametrize(
+    ("settings", "stage_features"),
+    [
+        ({"relation": "rkd"}, False),
+        ({"relation": "crd"}, False),
+        ({"feature": "fitnet"}, True),
+        ({"feature": "at"}, True),
+    ],
+)
+def test_the_cache_reads_stage_features_only_for_terms_that_use_them(
+    featured: Environment, settings: dict[str, Any], stage_features: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read: list[bool] = []
+    rows = TrainFeatures.rows
+
+    def spy(self: TrainFeatures, index: torch.Tensor, device: torch.device, stage_features: bool = True) -> Any:
+        outputs = rows(self, index, device, stage_features)
+        read.append(outputs.features is not None)
+        return outputs
+
+    monkeypatch.setattr(TrainFeatures, "rows", spy)
+    batch_loss(featured.trainer("offline", settings, "cnn"), featured.batch())
+    assert read == [stage_features]
+
+
+def test_the_cache_without_stage_features_gives_the_same_logits_and_embedding(featured: Environment) -> None:
+    teacher = featured.teachers[0].as_teacher("cpu")
+    x, _, index = featured.batch()
+    full = teacher.outputs(x, index, augmented=False, features=True)
+    lean = teacher.outputs(x, index, augmented=False, features=True, stage_features=False)
+    assert lean.features is None and full.features is not None
+    torch.testing.assert_close(lean.logits, full.logits, rtol=0, atol=0)
+    torch.testing.assert_close(lean.embedding, full.embedding, rtol=0, atol=0)
+
+
 def test_augmented_batches_and_batches_without_rows_run_the_teacher_live(featured: Environment) -> None:
     teacher = featured.teachers[0].as_teacher("cpu")
     calls: list[int] = []
