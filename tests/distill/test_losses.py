@@ -12,7 +12,7 @@ from nas_kd.distill import losses
 from nas_kd.distill.terms.at import at_loss
 from nas_kd.distill.terms.dkd import dkd_loss
 from nas_kd.distill.terms.fitnet import fitnet_loss
-from nas_kd.distill.terms.rkd import rkd_angle_loss, rkd_distance_loss
+from nas_kd.distill.terms.rkd import directions_angles, rkd_angle_loss, rkd_distance_loss
 from nas_kd.distill.terms.sp import sp_loss
 
 ln = math.log
@@ -104,6 +104,48 @@ def test_rkd_angle_compares_the_cosines_of_all_triplet_angles() -> None:
     diffs = [0 - 0.5] * 2 + [math.sqrt(2) / 2 - 0.5] * 4
     expected = sum(smooth_l1(d) for d in diffs) / 27
     assert rkd_angle_loss(right, equilateral).item() == pytest.approx(expected, rel=1e-5)
+
+
+def reference_angle_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """The reference code's form (unit difference vectors multiplied per vertex), in float64."""
+    return F.smooth_l1_loss(directions_angles(student.double()), directions_angles(teacher.double()))
+
+
+def test_rkd_angle_gradient_matches_the_reference_form() -> None:
+    # The law-of-cosines form computes its own gradient; compare it with autograd through the reference.
+    g = torch.Generator().manual_seed(5)
+    student = (3 * torch.randn(24, 16, generator=g)).requires_grad_()
+    teacher = torch.randn(24, 48, generator=g).relu()  # post-ReLU pooling, as the embeddings come
+    rkd_angle_loss(student, teacher).backward()
+    reference = student.detach().double().requires_grad_()
+    reference_angle_loss(reference, teacher).backward()
+    assert student.grad.abs().max() > 0
+    assert torch.allclose(student.grad.double(), reference.grad, rtol=1e-4, atol=1e-9)
+
+
+def test_rkd_angle_keeps_its_precision_for_a_near_duplicate_pair() -> None:
+    # Rows 0 and 1 differ by one float32 step at a zero: far below what the law of cosines resolves even in
+    # float64 (the cosines at that pair would be noise), so the batch must take the reference form.
+    g = torch.Generator().manual_seed(6)
+    teacher = torch.randn(8, 12, generator=g).relu()
+    teacher[0, 3] = 0.0
+    teacher[1] = teacher[0]
+    teacher[1, 3] = torch.nextafter(torch.tensor(0.0), torch.tensor(1.0))
+    student = torch.randn(8, 6, generator=g)
+    expected = reference_angle_loss(student, teacher).item()
+    assert rkd_angle_loss(student, teacher).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_rkd_handles_identical_rows_as_the_reference_does() -> None:
+    # A duplicated image gives identical embeddings: its difference vector has no direction (cosine 0).
+    g = torch.Generator().manual_seed(7)
+    teacher, student = torch.randn(8, 12, generator=g), torch.randn(8, 6, generator=g)
+    teacher[1], student[2] = teacher[0], student[3]
+    student.requires_grad_()
+    loss = rkd_angle_loss(student, teacher)
+    assert loss.item() == pytest.approx(reference_angle_loss(student.detach(), teacher).item(), rel=1e-5)
+    (loss + rkd_distance_loss(student, teacher)).backward()
+    assert torch.isfinite(student.grad).all()
 
 
 def test_relation_terms_ignore_scale_and_width() -> None:
