@@ -76,7 +76,8 @@ class _AngleLoss(torch.autograd.Function):
                 h = g.mul_(r_s[rows, :, None]).mul_(r_s[rows, None, :])
                 by_far_pair += h.sum(0)
                 by_vertex[rows] = 2 * (d_s[rows] * h.sum(2) - r_s[rows] * g_a)
-        ctx.save_for_backward((by_vertex - d_s * by_far_pair) / n**3)
+        if differentiate:
+            ctx.save_for_backward((by_vertex - d_s * by_far_pair) / n**3)
         return total / n**3
 
     @staticmethod
@@ -98,7 +99,9 @@ def angle_loss(s: torch.Tensor, t: torch.Tensor, d_s: torch.Tensor, d_t: torch.T
     return _AngleLoss.apply(d_s, d_t).float()
 
 
-def _flat(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _embeddings_and_distances(
+    student_embedding: torch.Tensor, teacher_embedding: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
     s, t = student_embedding.float().flatten(1), teacher_embedding.float().flatten(1).detach()
     with torch.no_grad():
         d_t = pairwise_distances(t)
@@ -106,12 +109,12 @@ def _flat(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor) -> t
 
 
 def rkd_distance_loss(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor) -> torch.Tensor:
-    _, _, d_s, d_t = _flat(student_embedding, teacher_embedding)
+    _, _, d_s, d_t = _embeddings_and_distances(student_embedding, teacher_embedding)
     return distance_loss(d_s, d_t)
 
 
 def rkd_angle_loss(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor) -> torch.Tensor:
-    return angle_loss(*_flat(student_embedding, teacher_embedding))
+    return angle_loss(*_embeddings_and_distances(student_embedding, teacher_embedding))
 
 
 class RKDSettings(BaseModel):
@@ -132,7 +135,8 @@ class RKD(Term):
     def forward(
         self, student: Outputs, teacher: Outputs, target: torch.Tensor, index: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
-        s, t, d_s, d_t = _flat(student.embedding, teacher.embedding)  # distances shared by both parts
+        # the distances serve both parts
+        s, t, d_s, d_t = _embeddings_and_distances(student.embedding, teacher.embedding)
         return {
             "rkd_distance": self.settings.distance_weight * distance_loss(d_s, d_t),
             "rkd_angle": self.settings.angle_weight * angle_loss(s, t, d_s, d_t),
