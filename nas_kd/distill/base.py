@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple, Protocol
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -25,6 +25,10 @@ from nas_kd.data import Dataset
 
 class NoSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+Need = Literal["logits", "features", "embedding", "index"]  # what a knowledge term reads
+FORWARD_FEATURES: frozenset[Need] = frozenset({"features", "embedding"})  # the needs that take forward_features
 
 
 class Outputs(NamedTuple):
@@ -97,18 +101,13 @@ class Teacher:
         return Outputs(logits.float(), [f.float() for f in features], embedding.float())
 
     def outputs(
-        self,
-        x: torch.Tensor,
-        index: torch.Tensor | None,
-        augmented: bool,
-        features: bool,
-        stage_features: bool = True,
+        self, x: torch.Tensor, index: torch.Tensor | None, augmented: bool, needs: frozenset[Need] = frozenset()
     ) -> Outputs:
-        """What a knowledge term needs: logits alone, or logits with the embedding and (unless
-        ``stage_features`` is False) the stage features, each cached or live."""
-        if not features:
+        """What terms that read ``needs`` get: logits alone, or logits with the embedding and, when they
+        read "features", the stage features; each cached or live."""
+        if not needs & FORWARD_FEATURES:
             return Outputs(self.logits(x, index, augmented))
-        return self.features(x, index, augmented, stage_features)
+        return self.features(x, index, augmented, stage_features="features" in needs)
 
 
 # Trains a helper network once (cached by the caller) and returns it frozen: (genome, role, teacher or None

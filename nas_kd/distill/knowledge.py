@@ -23,7 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from torch import nn
 
-from nas_kd.distill.base import Outputs
+from nas_kd.distill.base import FORWARD_FEATURES, Need, Outputs
 from nas_kd.distill.terms import TERMS, Term, TermSetup, term_settings, terms_of
 from nas_kd.distill.terms.pairing import pair_stages
 
@@ -142,6 +142,8 @@ class Knowledge(nn.Module):
                 seed=seed,
             )
             self.terms[slot] = cls(term_settings(name, flat), setup)
+        # what the terms read from the two networks' forwards, asked every step
+        self.needs: frozenset[Need] = frozenset().union(*(term.needs for term in self.terms.values()))
 
     @classmethod
     def between(
@@ -158,13 +160,10 @@ class Knowledge(nn.Module):
             seed,
         )
 
-    def needs(self, what: str) -> bool:
-        return any(what in term.needs for term in self.terms.values())
-
     @property
     def needs_features(self) -> bool:
         """Whether both networks must run ``forward_features`` (else logits suffice)."""
-        return self.needs("features") or self.needs("embedding")
+        return bool(self.needs & FORWARD_FEATURES)
 
     def scale(self, slot: str, term: Term) -> float:
         s = self.settings

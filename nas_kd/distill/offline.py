@@ -40,8 +40,6 @@ class Offline(Distiller):
     def forward_train(
         self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        features = self.knowledge.needs_features
-        student = run(self.student, x, features)
-        stage_features = self.knowledge.needs("features")
-        teacher = self.teacher.outputs(x, index, self.context.augmented, features, stage_features)
+        student = run(self.student, x, self.knowledge.needs_features)
+        teacher = self.teacher.outputs(x, index, self.context.augmented, self.knowledge.needs)
         return student.logits, self.knowledge(student, teacher, y, self.cross_entropy, index)

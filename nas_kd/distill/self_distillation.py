@@ -96,7 +96,7 @@ class SelfDistillation(Distiller):
         if self.born_again_teacher is None:
             terms = {"ce": self.cross_entropy(logits, y)}
         else:
-            teacher = self.born_again_teacher.outputs(x, index, self.context.augmented, features=False)
+            teacher = self.born_again_teacher.outputs(x, index, self.context.augmented)
             terms = self.knowledge(Outputs(logits), teacher, y, self.cross_entropy)
         if not self.heads:
             return logits, terms

@@ -30,6 +30,8 @@ from nas_kd.teachers import (
 )
 from nas_kd.testing.pytest_distillers import STUDENTS, STUDY, Environment, batch_loss
 
+FEATURES = frozenset({"features", "embedding"})  # what feature and relation terms together read
+
 
 @pytest.fixture(scope="module")
 def featured(env: Environment) -> Environment:
@@ -98,8 +100,8 @@ def test_the_cache_reads_stage_features_only_for_terms_that_use_them(
 def test_the_cache_without_stage_features_gives_the_same_logits_and_embedding(featured: Environment) -> None:
     teacher = featured.teachers[0].as_teacher("cpu")
     x, _, index = featured.batch()
-    full = teacher.outputs(x, index, augmented=False, features=True)
-    lean = teacher.outputs(x, index, augmented=False, features=True, stage_features=False)
+    full = teacher.outputs(x, index, augmented=False, needs=FEATURES)
+    lean = teacher.outputs(x, index, augmented=False, needs=frozenset({"embedding"}))
     assert lean.features is None and full.features is not None
     torch.testing.assert_close(lean.logits, full.logits, rtol=0, atol=0)
     torch.testing.assert_close(lean.embedding, full.embedding, rtol=0, atol=0)
@@ -110,10 +112,10 @@ def test_augmented_batches_and_batches_without_rows_run_the_teacher_live(feature
     calls: list[int] = []
     teacher.runner.stem.register_forward_hook(lambda *args: calls.append(1))
     x, _, index = featured.batch()
-    teacher.outputs(x, index, augmented=False, features=True)
+    teacher.outputs(x, index, augmented=False, needs=FEATURES)
     assert calls == []
-    teacher.outputs(x, index, augmented=True, features=True)
-    teacher.outputs(x, None, augmented=False, features=True)
+    teacher.outputs(x, index, augmented=True, needs=FEATURES)
+    teacher.outputs(x, None, augmented=False, needs=FEATURES)
     assert calls == [1, 1]
 
 

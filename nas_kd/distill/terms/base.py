@@ -22,10 +22,9 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from nas_kd.distill.base import Outputs
+from nas_kd.distill.base import Need, Outputs
 
 Role = Literal["response", "feature", "relation"]
-Need = Literal["logits", "features", "embedding", "index"]
 TERMS: dict[str, type[Term]] = {}
 
 
