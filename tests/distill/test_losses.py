@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from nas_kd.distill import losses
+from nas_kd.distill.terms import rkd
 from nas_kd.distill.terms.at import at_loss
 from nas_kd.distill.terms.dkd import dkd_loss
 from nas_kd.distill.terms.fitnet import fitnet_loss
@@ -111,8 +112,10 @@ def reference_angle_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.
     return F.smooth_l1_loss(directions_angles(student.double()), directions_angles(teacher.double()))
 
 
-def test_rkd_angle_gradient_matches_the_reference_form() -> None:
+@pytest.mark.parametrize("rows_per_block", [5, 24])  # blocks of 5 vertices end in a short one; 24: one block
+def test_rkd_angle_gradient_matches_the_reference_form(monkeypatch: pytest.MonkeyPatch, rows_per_block: int) -> None:
     # The law-of-cosines form computes its own gradient; compare it with autograd through the reference.
+    monkeypatch.setattr(rkd, "CPU_BLOCK", rows_per_block * 24 * 24)
     g = torch.Generator().manual_seed(5)
     student = (3 * torch.randn(24, 16, generator=g)).requires_grad_()
     teacher = torch.randn(24, 48, generator=g).relu()  # post-ReLU pooling, as the embeddings come
