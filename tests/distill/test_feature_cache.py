@@ -20,6 +20,7 @@ from nas_kd import teachers as teacher_cache
 from nas_kd.cli import main
 from nas_kd.config import StudyError
 from nas_kd.data import Dataset
+from nas_kd.distill.base import FORWARD_FEATURES
 from nas_kd.teachers import (
     TrainFeatures,
     check_teachers,
@@ -29,8 +30,6 @@ from nas_kd.teachers import (
     write_train_features,
 )
 from nas_kd.testing.pytest_distillers import STUDENTS, STUDY, Environment, batch_loss
-
-FEATURES = frozenset({"features", "embedding"})  # what feature and relation terms together read
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +99,7 @@ def test_the_cache_reads_stage_features_only_for_terms_that_use_them(
 def test_the_cache_without_stage_features_gives_the_same_logits_and_embedding(featured: Environment) -> None:
     teacher = featured.teachers[0].as_teacher("cpu")
     x, _, index = featured.batch()
-    full = teacher.outputs(x, index, augmented=False, needs=FEATURES)
+    full = teacher.outputs(x, index, augmented=False, needs=FORWARD_FEATURES)
     lean = teacher.outputs(x, index, augmented=False, needs=frozenset({"embedding"}))
     assert lean.features is None and full.features is not None
     torch.testing.assert_close(lean.logits, full.logits, rtol=0, atol=0)
@@ -112,10 +111,10 @@ def test_augmented_batches_and_batches_without_rows_run_the_teacher_live(feature
     calls: list[int] = []
     teacher.runner.stem.register_forward_hook(lambda *args: calls.append(1))
     x, _, index = featured.batch()
-    teacher.outputs(x, index, augmented=False, needs=FEATURES)
+    teacher.outputs(x, index, augmented=False, needs=FORWARD_FEATURES)
     assert calls == []
-    teacher.outputs(x, index, augmented=True, needs=FEATURES)
-    teacher.outputs(x, None, augmented=False, needs=FEATURES)
+    teacher.outputs(x, index, augmented=True, needs=FORWARD_FEATURES)
+    teacher.outputs(x, None, augmented=False, needs=FORWARD_FEATURES)
     assert calls == [1, 1]
 
 
